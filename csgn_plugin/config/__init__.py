@@ -1,0 +1,79 @@
+"""Config: defaults, loading with clear errors, and the kwargs torchreid's builders take."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+
+from yacs.config import CfgNode as CN
+
+from .defaults import get_default_config
+
+__all__ = ["ConfigError", "get_default_config", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the defaults."""
+
+
+def _all_keys(cfg: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, CN):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _check_keys(cfg: CN, other: CN, source: str, prefix: str = "") -> None:
+    for key, value in other.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            close = difflib.get_close_matches(full, _all_keys(get_default_config()), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
+        if isinstance(value, CN):
+            if not isinstance(cfg[key], CN):
+                raise ConfigError(f"{source}: '{full}' is a value, not a section")
+            _check_keys(cfg[key], value, source, full + ".")
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """Defaults, then ``config_file``, then ``KEY VALUE`` overrides; frozen.
+
+    Unknown keys (with a did-you-mean), wrong value types and malformed overrides raise
+    :class:`ConfigError` naming the file or the key.
+    """
+    cfg = get_default_config()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: '{config_file}'")
+        with open(config_file, encoding="utf-8") as f:
+            try:
+                other = cfg.load_cfg(f)
+            except Exception as exc:
+                raise ConfigError(f"{config_file}: not a valid YAML config: {exc}") from exc
+        _check_keys(cfg, other, config_file)
+        try:
+            cfg.merge_from_other_cfg(other)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must come in KEY VALUE pairs, got an odd list: {opts}")
+    override = CN()
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = override
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, CN())
+        node[leaf] = CN._decode_cfg_value(value)
+    _check_keys(cfg, override, "command line")
+    try:
+        cfg.merge_from_list(opts)
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise ConfigError(f"command line: {exc}") from exc
+    cfg.freeze()
+    return cfg

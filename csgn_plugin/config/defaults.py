@@ -1,0 +1,144 @@
+"""The one yacs config: torchreid's standard keys plus the plugin's sections.
+
+torchreid's keys keep their names and meanings (upstream ``scripts/default_config.py``), so an
+existing torchreid config file loads unchanged. The plugin adds:
+
+* ``cc_data``  dataset options of the clothes-changing parsers (``data_defaults.py``)
+* ``cc_eval``  clothes-changing evaluation: protocols, single-shot, model selection
+* ``clip``, ``csgn``, ``stage1``  the CLIP towers and the CSGN method (``model_defaults.py``)
+* ``runtime``  device, precision, logging, checkpoints
+"""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+from .data_defaults import add_data_sections
+from .model_defaults import add_model_sections
+
+
+def _torchreid_sections(cfg: CN) -> None:
+    cfg.model = CN()
+    cfg.model.name = "osnet_x0_25"
+    cfg.model.pretrained = False  # True downloads ImageNet/CLIP weights (needs network)
+    cfg.model.load_weights = ""  # path to model weights (torchreid's load_pretrained_weights)
+    cfg.model.resume = ""  # path to a checkpoint to resume from ('auto': the last in save_dir)
+
+    cfg.data = CN()
+    cfg.data.type = "image"
+    cfg.data.root = "reid-data"
+    cfg.data.sources = ["synthcc"]
+    cfg.data.targets = ["synthcc"]
+    cfg.data.workers = 2
+    cfg.data.split_id = 0
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.combineall = False
+    cfg.data.transforms = ["random_flip"]
+    cfg.data.k_tfm = 1
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = "log"
+    cfg.data.load_train_targets = False
+
+    cfg.market1501 = CN()
+    cfg.market1501.use_500k_distractors = False
+    cfg.cuhk03 = CN()
+    cfg.cuhk03.labeled_images = False
+    cfg.cuhk03.classic_split = False
+    cfg.cuhk03.use_metric_cuhk03 = False
+
+    cfg.sampler = CN()
+    cfg.sampler.train_sampler = "RandomSampler"
+    cfg.sampler.train_sampler_t = "RandomSampler"
+    cfg.sampler.num_instances = 4
+    cfg.sampler.num_cams = 1
+    cfg.sampler.num_datasets = 1
+
+    cfg.video = CN()
+    cfg.video.seq_len = 15
+    cfg.video.sample_method = "evenly"
+    cfg.video.pooling_method = "avg"
+
+    cfg.train = CN()
+    cfg.train.optim = "adam"
+    cfg.train.lr = 0.0003
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 60
+    cfg.train.start_epoch = 0
+    cfg.train.batch_size = 32
+    cfg.train.fixbase_epoch = 0
+    cfg.train.open_layers = ["classifier"]
+    cfg.train.staged_lr = False
+    cfg.train.new_layers = ["classifier"]
+    cfg.train.base_lr_mult = 0.1
+    cfg.train.lr_scheduler = "single_step"
+    cfg.train.stepsize = [20]
+    cfg.train.gamma = 0.1
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+
+    cfg.sgd = CN()
+    cfg.sgd.momentum = 0.9
+    cfg.sgd.dampening = 0.0
+    cfg.sgd.nesterov = False
+    cfg.rmsprop = CN()
+    cfg.rmsprop.alpha = 0.99
+    cfg.adam = CN()
+    cfg.adam.beta1 = 0.9
+    cfg.adam.beta2 = 0.999
+
+    cfg.loss = CN()
+    cfg.loss.name = "softmax"
+    cfg.loss.softmax = CN()
+    cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CN()
+    cfg.loss.triplet.margin = 0.3
+    cfg.loss.triplet.weight_t = 1.0
+    cfg.loss.triplet.weight_x = 0.0
+
+    cfg.test = CN()
+    cfg.test.batch_size = 100
+    cfg.test.dist_metric = "euclidean"
+    cfg.test.normalize_feature = False
+    cfg.test.ranks = [1, 5, 10, 20]
+    cfg.test.evaluate = False
+    cfg.test.eval_freq = -1
+    cfg.test.start_eval = 0
+    cfg.test.rerank = False
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+
+
+def _plugin_sections(cfg: CN) -> None:
+    cfg.cc_eval = CN()
+    # protocols to report; 'auto' = those the dataset declares (LTCC: general, cc, sc; ...)
+    cfg.cc_eval.protocols = ["auto"]
+    cfg.cc_eval.single_shot = False  # one gallery image per id, averaged over trials
+    cfg.cc_eval.single_shot_trials = 10
+    cfg.cc_eval.single_shot_seed = 0
+    cfg.cc_eval.max_rank = 50
+    # '<protocol>_<r1|mAP>' of the first target that picks the best checkpoint, e.g. 'cc_mAP'
+    cfg.cc_eval.best_metric = "auto"
+    cfg.cc_eval.chunk_size = 1024  # queries ranked at a time (bounds memory on LaST-size data)
+
+    cfg.runtime = CN()
+    cfg.runtime.device = "auto"  # 'auto' (cuda when available), 'cuda', 'cpu'
+    cfg.runtime.amp = "auto"  # 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
+    cfg.runtime.channels_last = False
+    cfg.runtime.compile = False
+    cfg.runtime.pin_memory = True
+    cfg.runtime.persistent_workers = True
+    cfg.runtime.prefetch_factor = 2
+    cfg.runtime.checkpoint_period = 1  # epochs between 'last' checkpoints (0: only at the end)
+    cfg.runtime.plot = True  # write training curves and CMC plots into save_dir
+
+
+def get_default_config() -> CN:
+    """A fresh copy of every key with its default."""
+    cfg = CN()
+    _torchreid_sections(cfg)
+    _plugin_sections(cfg)
+    add_data_sections(cfg)
+    add_model_sections(cfg)
+    return cfg

@@ -1,0 +1,56 @@
+"""Image decoding that names the file on failure.
+
+torchreid's ``read_image`` retries forever on an unreadable file (the job hangs with no file name
+inside a DataLoader worker). Here every failure raises :class:`ImageReadError` with the path and
+the reason, and every PIL mode a ReID data set may hold (grayscale, RGBA, palette, CMYK, 16-bit)
+is converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be decoded; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image '{path}': {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode (16-bit images are scaled, not clipped)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # composite on black: what a detector crop with an alpha channel shows
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def read_image(path: str, policy: str = "fail") -> Image.Image:
+    """Decode ``path`` to an RGB PIL image, or raise :class:`ImageReadError` naming it."""
+    if policy not in ("fail",):
+        raise ValueError(f"image policy must be 'fail', got '{policy}'")
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "file does not exist")
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
