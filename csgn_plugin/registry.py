@@ -8,7 +8,7 @@ name bound to someone else's object is an error, never silently replaced.
 
 from __future__ import annotations
 
-from .compat import model_factory, torchreid_api
+from .compat import allow_numpy_in_checkpoints, model_factory, torchreid_api
 
 _DONE = False
 
@@ -37,6 +37,7 @@ def register() -> None:
     from .data.datasets import IMAGE_DATASETS, VIDEO_DATASETS
     from .modeling import MODEL_FACTORIES
 
+    allow_numpy_in_checkpoints()  # torchreid's own checkpoints reload under torch >= 2.6
     tr = torchreid_api()
     for name, cls in IMAGE_DATASETS.items():
         if _check_free(_dataset_registry("image"), name, cls, "image dataset"):

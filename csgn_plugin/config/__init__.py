@@ -31,6 +31,8 @@ def _check_keys(cfg: CN, other: CN, source: str, prefix: str = "") -> None:
     for key, value in other.items():
         full = f"{prefix}{key}"
         if key not in cfg:
+            if isinstance(value, CN):  # name the whole unknown key, not just its section
+                full = f"{full}.{_all_keys(value)[0]}"
             close = difflib.get_close_matches(full, _all_keys(get_default_config()), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown config key '{full}'{hint}")

@@ -77,6 +77,10 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.train.gamma = 0.1
     cfg.train.print_freq = 20
     cfg.train.seed = 1
+    # plugin additions to torchreid's train section
+    cfg.train.bias_lr_factor = 1.0  # lr multiplier of bias parameters (CLIP-ReID: 2)
+    cfg.train.warmup_epochs = 0  # linear warm-up epochs before the scheduler's decay
+    cfg.train.warmup_factor = 0.1  # lr multiplier at the first warm-up epoch
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -96,6 +100,13 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.loss.triplet.margin = 0.3
     cfg.loss.triplet.weight_t = 1.0
     cfg.loss.triplet.weight_x = 0.0
+    # plugin additions: the loss weights of CLIP-based models (dict outputs)
+    cfg.loss.clip = CN()
+    cfg.loss.clip.id_weight = 0.25  # CLIP-ReID: 0.25 for ViT-B/16, 1.0 for RN50
+    cfg.loss.clip.triplet_weight = 1.0
+    cfg.loss.hsf = CN()
+    cfg.loss.hsf.rgb_weight = 1.0  # image feature vs the RGB prompt features of all ids
+    cfg.loss.hsf.gray_weight = 1.0  # ... vs the grayscale prompt features (0: HSF RGB-only)
 
     cfg.test = CN()
     cfg.test.batch_size = 100
@@ -131,6 +142,8 @@ def _plugin_sections(cfg: CN) -> None:
     cfg.runtime.persistent_workers = True
     cfg.runtime.prefetch_factor = 2
     cfg.runtime.checkpoint_period = 1  # epochs between 'last' checkpoints (0: only at the end)
+    cfg.runtime.checkpoint_iters = 0  # also every N steps inside an epoch (0: off)
+    cfg.runtime.nan_policy = "stop"  # non-finite loss: 'stop' (clear error) or 'skip' the step
     cfg.runtime.plot = True  # write training curves and CMC plots into save_dir
 
 

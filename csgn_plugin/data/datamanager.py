@@ -1,0 +1,164 @@
+"""A torchreid ``DataManager`` for clothes-changing data, built for speed, resume and DDP.
+
+It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataManager``
+(``train_loader``, ``test_loader[name]['query'|'gallery']``, ``test_dataset``, ``sources``,
+``targets``, ``data_type``, ``num_train_pids``...) so torchreid's engines and
+``visualize_ranked_results`` use it unchanged. What it adds:
+
+* dataset options (the ``cc_data`` config section) passed to every dataset as keyword arguments;
+* the plugin's epoch-seeded samplers (resumable, sharded over DDP ranks);
+* loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
+* ``protocols[name]``: the evaluation protocols each target dataset declares.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from ..compat import torchreid_api
+from .samplers import SeededDataset, build_sampler
+
+tr = torchreid_api()
+
+
+class ClothesDataManager(tr.data.DataManager):
+    """Train and test loaders for ``sources`` / ``targets`` (names registered with torchreid)."""
+
+    def __init__(
+        self,
+        root: str,
+        sources: str | Sequence[str],
+        targets: str | Sequence[str] | None = None,
+        data_type: str = "image",
+        height: int = 256,
+        width: int = 128,
+        transforms: str | Sequence[str] = "random_flip",
+        norm_mean: Sequence[float] | None = None,
+        norm_std: Sequence[float] | None = None,
+        use_gpu: bool = False,
+        combineall: bool = False,
+        batch_size_train: int = 32,
+        batch_size_test: int = 100,
+        workers: int = 2,
+        train_sampler: str = "RandomSampler",
+        num_instances: int = 4,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+        seq_len: int = 15,
+        sample_method: str = "evenly",
+        dataset_options: dict | None = None,
+    ) -> None:
+        super().__init__(
+            sources=list(sources) if not isinstance(sources, str) else sources,
+            targets=list(targets) if targets and not isinstance(targets, str) else targets,
+            height=height,
+            width=width,
+            transforms=transforms,
+            norm_mean=norm_mean,
+            norm_std=norm_std,
+            use_gpu=use_gpu,
+        )
+        if data_type not in ("image", "video"):
+            raise ValueError(f"data.type must be 'image' or 'video', got '{data_type}'")
+        self.data_type = data_type
+        self.world_size = world_size
+        self._loader_kwargs = {
+            "num_workers": workers,
+            "pin_memory": pin_memory and self.use_gpu,
+            "persistent_workers": persistent_workers and workers > 0,
+            "prefetch_factor": prefetch_factor if workers > 0 else None,
+        }
+        common = {"root": root, "combineall": combineall, **(dataset_options or {})}
+        if data_type == "video":
+            common.update(seq_len=seq_len, sample_method=sample_method)
+
+        print("=> Loading train (source) dataset")
+        trainset = sum(
+            self._init_dataset(name, transform=self.transform_tr, mode="train", **common)
+            for name in self.sources
+        )
+        self.trainset = trainset
+        self._num_train_pids = trainset.num_train_pids
+        self._num_train_cams = trainset.num_train_cams
+        self.num_train_clothes = getattr(trainset, "num_train_clothes", 0)
+        self.train_sampler = build_sampler(
+            train_sampler,
+            trainset.train,
+            batch_size_train,
+            num_instances=num_instances,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.train_loader = DataLoader(
+            SeededDataset(trainset),
+            sampler=self.train_sampler,
+            batch_size=batch_size_train // world_size,
+            drop_last=True,
+            **self._loader_kwargs,
+        )
+
+        print("=> Loading test (target) dataset")
+        self.test_loader: dict[str, dict[str, DataLoader]] = {}
+        self.test_dataset: dict[str, dict[str, list]] = {}
+        self.protocols: dict[str, tuple[str, ...]] = {}
+        for name in self.targets:
+            loaders, data = {}, {}
+            for mode in ("query", "gallery"):
+                dataset = self._init_dataset(
+                    name,
+                    transform=self.transform_te,
+                    mode=mode,
+                    verbose=mode == "query",
+                    **common,
+                )
+                loaders[mode] = DataLoader(
+                    dataset, batch_size=batch_size_test, shuffle=False, **self._loader_kwargs
+                )
+                data[mode] = dataset.data
+            self.test_loader[name] = loaders
+            self.test_dataset[name] = data
+            self.protocols[name] = tuple(getattr(dataset, "protocols", ("general",)))
+        self._print_summary(trainset)
+
+    def _init_dataset(self, name: str, **kwargs: Any) -> Any:
+        init = (
+            tr.data.datasets.init_image_dataset
+            if self.data_type == "image"
+            else tr.data.datasets.init_video_dataset
+        )
+        try:
+            return init(name, **kwargs)
+        except ValueError as exc:
+            if "Invalid dataset name" in str(exc):
+                raise ValueError(
+                    f"data.sources/targets: unknown {self.data_type} dataset '{name}'. "
+                    f"{str(exc).split('. ', 1)[-1]}"
+                ) from exc
+            raise
+
+    def train_loader_for_features(self, batch_size: int) -> DataLoader:
+        """The training set with test transforms, in order, unsharded (stage-1 feature cache)."""
+        plain = copy.copy(self.trainset)
+        plain.transform = self.transform_te
+        plain.data = plain.train
+        return DataLoader(plain, batch_size=batch_size, shuffle=False, **self._loader_kwargs)
+
+    def _print_summary(self, trainset: Any) -> None:
+        print("\n  **************** Summary ****************")
+        print(f"  source            : {self.sources}")
+        print(f"  # source datasets : {len(self.sources)}")
+        print(f"  # source ids      : {self.num_train_pids}")
+        print(f"  # source images   : {len(trainset)}")
+        print(f"  # source cameras  : {self.num_train_cams}")
+        print(f"  # source outfits  : {self.num_train_clothes}")
+        print(f"  target            : {self.targets}")
+        print("  *****************************************\n")

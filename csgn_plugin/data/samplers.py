@@ -1,0 +1,248 @@
+"""Training samplers that are deterministic per epoch, resumable mid-epoch and shard for DDP.
+
+torchreid's samplers draw from the global ``random``/``numpy`` state, so a resumed run cannot
+replay the batches it would have seen. These samplers draw from a generator seeded by
+``(seed, epoch)``: every rank builds the same global order, takes its own shard, and a run resumed
+at batch ``b`` of epoch ``e`` skips exactly the first ``b`` batches.
+
+* ``RandomSampler``: a shuffled permutation (what softmax-only baselines use).
+* ``RandomIdentitySampler``: P identities x K instances per batch (torchreid's scheme).
+* ``ClothesIdentitySampler``: as above, with the K instances of an identity spread round-robin
+  over its outfits, so that a batch holds clothes-changing positives whenever the id has them.
+
+They yield ``(index, sample_seed)`` pairs; :class:`SeededDataset` seeds the augmentation of each
+sample from its seed, so augmentation too is a function of (seed, epoch, position) alone, whatever
+the number of workers and wherever a run was resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+SAMPLERS = ("RandomSampler", "RandomIdentitySampler", "ClothesIdentitySampler")
+IDENTITY_SAMPLERS = ("RandomIdentitySampler", "ClothesIdentitySampler")
+
+
+class EpochSampler(Sampler):
+    """Base: a per-epoch global order of whole batches, sharded over ranks.
+
+    Subclasses implement :meth:`global_batches`, a list of global batches (lists of dataset
+    indices) for one epoch. Rank ``r`` of ``w`` takes the ``r``-th of ``w`` equal slices of each
+    global batch (identity samplers slice at identity boundaries: each rank keeps whole K-groups).
+    """
+
+    def __init__(
+        self,
+        data_source: Sequence,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} must be divisible by the number of processes "
+                f"({world_size})"
+            )
+        self.data_source = data_source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; skip the first ``start_batch`` batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def global_batches(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _epoch_batches(self) -> list[list[int]]:
+        """This epoch's global batches, computed once per epoch (len() is asked often)."""
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self.global_batches())
+        return self._cached[1]
+
+    def _local_batches(self) -> list[list[int]]:
+        share = self.batch_size // self.world_size
+        lo = self.rank * share
+        return [batch[lo : lo + share] for batch in self._epoch_batches()]
+
+    def num_batches(self) -> int:
+        return len(self._epoch_batches())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        share = self.batch_size // self.world_size
+        base = (self.seed * 1_000_003 + self.epoch * 7_919) * 65_536
+        for b, batch in enumerate(self._local_batches()[self.start_batch :], self.start_batch):
+            for i, index in enumerate(batch):
+                position = b * self.batch_size + self.rank * share + i  # unique over ranks
+                yield index, (base + position) % (2**31)
+
+    def __len__(self) -> int:
+        return (self.num_batches() - self.start_batch) * (self.batch_size // self.world_size)
+
+
+class RandomSampler(EpochSampler):
+    """A seeded permutation cut into full batches (the last partial batch is dropped)."""
+
+    def global_batches(self) -> list[list[int]]:
+        order = self._rng().permutation(len(self.data_source)).tolist()
+        n = len(order) // self.batch_size
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)]
+
+
+class RandomIdentitySampler(EpochSampler):
+    """P = batch_size / K identities, K instances each; ids with fewer than K images repeat."""
+
+    def __init__(
+        self,
+        data_source: Sequence,
+        batch_size: int,
+        num_instances: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(data_source, batch_size, seed, rank, world_size)
+        if num_instances < 1 or batch_size % num_instances:
+            raise ValueError(
+                f"train.batch_size={batch_size} must be a multiple of "
+                f"sampler.num_instances={num_instances}"
+            )
+        if (batch_size // world_size) % num_instances:
+            raise ValueError(
+                f"the per-process batch ({batch_size} / {world_size} processes) must be a "
+                f"multiple of sampler.num_instances={num_instances}"
+            )
+        self.num_instances = num_instances
+        self.ids_per_batch = batch_size // num_instances
+        self.by_pid: dict[int, list[int]] = defaultdict(list)
+        for index, item in enumerate(data_source):
+            self.by_pid[item[1]].append(index)
+        self.pids = sorted(self.by_pid)
+        if len(self.pids) < self.ids_per_batch:
+            raise ValueError(
+                f"a batch of {batch_size} with {num_instances} instances per identity needs "
+                f"{self.ids_per_batch} identities, but the training set has {len(self.pids)}"
+            )
+
+    def _ordered_instances(self, pid: int, rng: np.random.Generator) -> list[int]:
+        indices = list(self.by_pid[pid])
+        rng.shuffle(indices)
+        return indices
+
+    def _groups(self, pid: int, rng: np.random.Generator) -> list[list[int]]:
+        """The id's instances cut into K-groups (topped up by resampling when fewer than K)."""
+        k = self.num_instances
+        indices = self._ordered_instances(pid, rng)
+        if len(indices) < k:
+            indices += rng.choice(indices, size=k - len(indices), replace=True).tolist()
+        usable = len(indices) - len(indices) % k
+        return [indices[i : i + k] for i in range(0, usable, k)]
+
+    def global_batches(self) -> list[list[int]]:
+        rng = self._rng()
+        groups = {pid: self._groups(pid, rng) for pid in self.pids}
+        available = [pid for pid in self.pids if groups[pid]]
+        batches = []
+        while len(available) >= self.ids_per_batch:
+            chosen = rng.choice(len(available), size=self.ids_per_batch, replace=False)
+            batch: list[int] = []
+            for pid in [available[i] for i in sorted(chosen)]:
+                batch.extend(groups[pid].pop(0))
+            batches.append(batch)
+            available = [pid for pid in available if groups[pid]]
+        return batches
+
+
+class ClothesIdentitySampler(RandomIdentitySampler):
+    """Identity sampler whose K instances of an id cycle through the id's outfits."""
+
+    def __init__(
+        self,
+        data_source: Sequence,
+        batch_size: int,
+        num_instances: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(data_source, batch_size, num_instances, seed, rank, world_size)
+        self.by_pid_clothes: dict[int, dict[int, list[int]]] = {}
+        for index, item in enumerate(data_source):
+            self.by_pid_clothes.setdefault(item[1], {}).setdefault(item[4], []).append(index)
+
+    def _ordered_instances(self, pid: int, rng: np.random.Generator) -> list[int]:
+        outfits = []
+        for clothes_id in sorted(self.by_pid_clothes[pid]):
+            indices = list(self.by_pid_clothes[pid][clothes_id])
+            rng.shuffle(indices)
+            outfits.append(indices)
+        rng.shuffle(outfits)
+        # round-robin: consecutive instances (hence each K-group) come from different outfits
+        interleaved = []
+        for position in range(max(len(o) for o in outfits)):
+            interleaved.extend(o[position] for o in outfits if position < len(o))
+        return interleaved
+
+
+def build_sampler(
+    name: str,
+    data_source: Sequence,
+    batch_size: int,
+    num_instances: int = 4,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EpochSampler:
+    """The sampler called ``name`` (``sampler.train_sampler``)."""
+    if name == "RandomSampler":
+        return RandomSampler(data_source, batch_size, seed, rank, world_size)
+    if name == "RandomIdentitySampler":
+        return RandomIdentitySampler(data_source, batch_size, num_instances, seed, rank, world_size)
+    if name == "ClothesIdentitySampler":
+        return ClothesIdentitySampler(
+            data_source, batch_size, num_instances, seed, rank, world_size
+        )
+    raise ValueError(f"sampler.train_sampler: unknown sampler '{name}', expected one of {SAMPLERS}")
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` runs its random augmentation from ``seed``.
+
+    The generators of the calling process are restored afterwards, so in a loader without
+    workers the training step's own randomness (dropout) is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> object:
+        index, seed = key
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)

@@ -1,0 +1,192 @@
+"""Stage hooks: training phases that run before torchreid's epoch loop.
+
+A stage has a ``name``, a ``finished`` flag, ``run(engine)`` (its training, skipped once finished,
+resumable from its own ``state_dict``) and ``attach(engine)`` (hands its products to the engine;
+called on every start, so a run resumed after the stage still gets them). torchreid baselines have
+no stage; CSGN has one, :class:`PromptStage` (MDG, paper stage 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..losses import MutualLoss
+
+if TYPE_CHECKING:
+    from .engine import CCEngine
+
+
+class Stage:
+    """The protocol every stage follows."""
+
+    name = "stage"
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    def run(self, engine: CCEngine) -> None:
+        raise NotImplementedError
+
+    def attach(self, engine: CCEngine) -> None:
+        """Give the engine what the stage produced (default: nothing)."""
+
+    def state_dict(self) -> dict:
+        return {"finished": self.finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.finished = bool(state["finished"])
+
+
+@dataclass
+class PromptStageOptions:
+    """Stage-1 schedule (CLIP-ReID: Adam 3.5e-4, wd 1e-4, cosine, 5 warm-up epochs, batch 64)."""
+
+    max_epoch: int = 120
+    lr: float = 3.5e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    warmup_factor: float = 0.01
+    batch_size: int = 64
+    feature_batch_size: int = 128
+    cross_modal_weight: float = 0.0
+    print_freq: int = 10
+    seed: int = 0
+
+
+def cosine_with_warmup(epoch: int, max_epoch: int, warmup: int, warmup_factor: float) -> float:
+    """LR multiplier of ``epoch``: linear warm-up from ``warmup_factor``, then half a cosine."""
+    if epoch < warmup:
+        return warmup_factor + (1.0 - warmup_factor) * epoch / warmup
+    progress = (epoch - warmup) / max(1, max_epoch - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PromptStage(Stage):
+    """MDG: learn one RGB and one grayscale prompt per identity over frozen CLIP towers.
+
+    1. Cache the frozen image features of the whole training set, once, for every modality the
+       model has (RGB images, and their grayscale versions), without augmentation.
+    2. Train only the prompt vectors with the mutual loss (i2t + t2i supervised contrastive per
+       modality, optional cross-modal term), Adam and a warmed-up cosine schedule.
+    3. ``attach``: freeze the prompts and give the engine the text features of every identity for
+       every modality (the bank HSF is computed against in stage 2).
+    """
+
+    name = "prompt"
+
+    def __init__(self, options: PromptStageOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.epoch = 0
+        self.optimizer_state: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch, "optimizer": self.optimizer_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"])
+        self.optimizer_state = state["optimizer"]
+
+    @torch.no_grad()
+    def cache_features(self, engine: CCEngine) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Frozen image features per modality, and the pids, of the whole training set."""
+        model = engine.unwrapped_model
+        model.eval()
+        loader = engine.datamanager.train_loader_for_features(self.options.feature_batch_size)
+        feats: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+        pids = []
+        start = time.time()
+        for data in engine.shard(loader):
+            imgs = data["img"].to(engine.device, non_blocking=True)
+            camids = data["camid"].to(engine.device, non_blocking=True)
+            with engine.autocast():
+                for modality in model.modalities:
+                    batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
+                    feats[modality].append(model.prompt_image_features(batch, camids).float())
+            pids.append(data["pid"].to(engine.device))
+        cached = {m: engine.gather(torch.cat(f)) for m, f in feats.items()}
+        labels = engine.gather(torch.cat(pids))
+        engine.log(
+            f"=> Stage 1: cached {len(labels)} image features x {len(cached)} modalities "
+            f"in {time.time() - start:.1f}s"
+        )
+        return cached, labels
+
+    def run(self, engine: CCEngine) -> None:
+        opts = self.options
+        model = engine.unwrapped_model
+        cached, labels = self.cache_features(engine)
+        model.set_stage(1)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        criterion = MutualLoss(cross_modal_weight=opts.cross_modal_weight)
+        n = len(labels)
+        engine.log(f"=> Stage 1 (prompt learning): {opts.max_epoch} epochs, {n} samples")
+        while self.epoch < opts.max_epoch:
+            factor = cosine_with_warmup(
+                self.epoch, opts.max_epoch, opts.warmup_epochs, opts.warmup_factor
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = opts.lr * factor
+            generator = torch.Generator().manual_seed(opts.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator).to(labels.device)
+            total = torch.zeros((), device=engine.device)
+            for step in range(max(1, n // opts.batch_size)):
+                index = order[step * opts.batch_size : (step + 1) * opts.batch_size]
+                target = labels[index]
+                with engine.autocast():
+                    text = {m: model.prompt_features(target, m) for m in model.modalities}
+                    image = {m: cached[m][index] for m in model.modalities}
+                    loss, _ = criterion(image, {m: t.float() for m, t in text.items()}, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+            self.epoch += 1
+            self.optimizer_state = optimizer.state_dict()
+            mean = (total / max(1, n // opts.batch_size)).item()
+            engine.check_finite(mean, f"stage 1 epoch {self.epoch}", {"mutual": mean})
+            engine.record("stage1/loss", self.epoch, mean)
+            if self.epoch % opts.print_freq == 0 or self.epoch == opts.max_epoch:
+                engine.log(
+                    f"stage1 epoch [{self.epoch}/{opts.max_epoch}] loss {mean:.4f} "
+                    f"lr {opts.lr * factor:.2e}"
+                )
+            self.finished = self.epoch >= opts.max_epoch
+            if self.finished or self.epoch % engine.options.checkpoint_period == 0:
+                engine.save_checkpoint("last")
+        self.optimizer_state = None  # not needed once finished; keeps checkpoints small
+
+    @torch.no_grad()
+    def attach(self, engine: CCEngine) -> None:
+        model = engine.unwrapped_model
+        model.set_stage(2)
+        model.eval()
+        ids = torch.arange(model.num_ids, device=engine.device)
+        bank = {}
+        for modality in model.modalities:
+            chunks = [
+                model.prompt_features(ids[i : i + 256], modality).float()
+                for i in range(0, len(ids), 256)
+            ]
+            bank[modality] = torch.cat(chunks)
+        engine.text_bank = bank
+        engine.log(
+            f"=> Text bank: {model.num_ids} ids x {', '.join(bank)} "
+            f"({next(iter(bank.values())).shape[1]}-d)"
+        )
+
+
+def build_stages(model: Any, options: PromptStageOptions) -> list[Stage]:
+    """The stages a model needs: a prompt stage for models with prompts, none for baselines."""
+    if hasattr(model, "prompt_features"):
+        return [PromptStage(options)]
+    return []

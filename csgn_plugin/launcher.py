@@ -1,0 +1,113 @@
+"""What ``tools/train.py`` and ``tools/test.py`` run: torchreid main.py's flow, plus DDP.
+
+config file + ``KEY VALUE`` overrides -> log tee into ``save_dir`` -> seed -> environment info ->
+data -> model (+ weights) -> optimizer -> scheduler -> engine (+ resume) -> ``engine.run``.
+Under ``torchrun`` (WORLD_SIZE > 1) every process joins one process group (NCCL on GPUs, gloo on
+CPUs); only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from . import builders
+from .compat import torchreid_api
+from .config import load_config
+from .engine.checkpoint import load_weights
+
+tr = torchreid_api()
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", default="", help="YAML config (keys: defaults.py)")
+    parser.add_argument("--root", default="", help="data root (overrides data.root)")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. train.max_epoch 10"
+    )
+    return parser.parse_args(argv)
+
+
+def _init_distributed(use_gpu: bool) -> tuple[int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend="nccl" if use_gpu else "gloo", timeout=datetime.timedelta(minutes=30)
+    )
+    return dist.get_rank(), world_size
+
+
+def _resume_path(resume: str, save_dir: str) -> str:
+    if resume != "auto":
+        return resume
+    last = os.path.join(save_dir, "checkpoints", "last.pth")
+    return last if os.path.isfile(last) else ""
+
+
+def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
+    """Train (or, with ``test_only``, evaluate) as the config says; returns the engine."""
+    args = parse_args(argv, "Evaluate a model" if test_only else "Train a model")
+    opts = list(args.opts)
+    if args.root:
+        opts += ["data.root", args.root]
+    if test_only:
+        opts += ["test.evaluate", "True"]
+    cfg = load_config(args.config_file, opts)
+    builders.check_config(cfg)
+    use_gpu = builders.resolve_device(cfg)
+    rank, world_size = _init_distributed(use_gpu)
+
+    if rank == 0:
+        os.makedirs(cfg.data.save_dir, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+        name = "test.log" if cfg.test.evaluate else "train.log"
+        sys.stdout = tr.utils.Logger(os.path.join(cfg.data.save_dir, f"{name}-{stamp}"))
+        print(f"Show configuration\n{cfg}\n")
+        print(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
+    else:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
+    tr.utils.set_random_seed(cfg.train.seed)
+    if use_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
+    model = builders.build_model(cfg, datamanager, use_gpu)
+    if cfg.model.load_weights:
+        report = load_weights(model, cfg.model.load_weights)
+        print(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
+    device = torch.device("cuda" if use_gpu else "cpu")
+    model = model.to(device)
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = builders.build_optimizer(cfg, model, use_gpu)
+    scheduler = builders.build_scheduler(cfg, optimizer)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index or 0] if use_gpu else None
+        )
+    if cfg.runtime.compile:
+        model = torch.compile(model)
+    engine = builders.build_engine(
+        cfg, datamanager, model, optimizer, scheduler, use_gpu, rank, world_size
+    )
+    resume = _resume_path(cfg.model.resume, cfg.data.save_dir)
+    if resume and not cfg.test.evaluate:
+        engine.resume(resume)
+    engine.run(**builders.engine_run_kwargs(cfg))
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return engine

@@ -1,0 +1,18 @@
+"""Shared test set-up: the plugin registered, torch on two threads, deterministic seeds."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import csgn_plugin  # noqa: F401  (registers datasets and models with torchreid)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
