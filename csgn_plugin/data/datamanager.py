@@ -25,7 +25,7 @@ from .samplers import SeededDataset, build_sampler
 tr = torchreid_api()
 
 
-class ClothesDataManager(tr.data.DataManager):
+class ClothesDataManager(tr.data.datamanager.DataManager):
     """Train and test loaders for ``sources`` / ``targets`` (names registered with torchreid)."""
 
     def __init__(
@@ -123,7 +123,8 @@ class ClothesDataManager(tr.data.DataManager):
                 loaders[mode] = DataLoader(
                     dataset, batch_size=batch_size_test, shuffle=False, **self._loader_kwargs
                 )
-                data[mode] = dataset.data
+                # the tracklets, also when a video dataset tests on clips of them
+                data[mode] = dataset.query if mode == "query" else dataset.gallery
             self.test_loader[name] = loaders
             self.test_dataset[name] = data
             self.protocols[name] = tuple(getattr(dataset, "protocols", ("general",)))

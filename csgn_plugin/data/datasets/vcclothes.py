@@ -1,0 +1,85 @@
+"""VC-Clothes (virtual, rendered in GTA5), Wan et al., CVPR-W 2020, and its camera-pair variants."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from ..base import (
+    ClothesImageDataset,
+    Record,
+    build_splits,
+    cached_parse,
+    check_layout,
+    report_unparsed,
+)
+from ._scan import dataset_root, list_files, match_basenames
+
+
+class VCClothes(ClothesImageDataset):
+    """VC-Clothes: 512 ids, 4 cameras, 19,060 images.
+
+    Layout under ``<root>/VC-Clothes/``: ``train/``, ``query/``, ``gallery/``, ``*.jpg`` named
+    ``0001-02-03-04.jpg`` = pid, camera (1-4), outfit, counter. The released files use hyphens,
+    the official page underscores: both are accepted, also mixed. Clothes key = (pid, outfit).
+
+    ``eval_cameras`` (class attribute) restricts query and gallery to those cameras (1-based);
+    training always uses every camera. Option: ``name_policy``.
+    """
+
+    dataset_dir = "VC-Clothes"
+    protocols = ("general", "sc", "cc")
+    eval_cameras: tuple = (1, 2, 3, 4)
+    obtain = (
+        "VC-Clothes is public (Google Drive / Baidu links on the VC-Clothes project page, "
+        "wanfb.github.io/dataset.html); unpack it so that <root>/VC-Clothes/train exists."
+    )
+    official_counts = {
+        "train": {"ids": 256, "images": 9449},
+        "query": {"ids": 256, "images": 1020},
+        "gallery": {"ids": 256, "images": 8591},
+        "all": {"ids": 512, "images": 19060, "cameras": 4},
+    }
+    name_regex = re.compile(r"(\d+)[-_](0*[1-9]\d*)[-_](\d+)[-_](\d+)\.jpg")
+    expected_name = "<pid>-<camera>-<outfit>-<counter>.jpg (or with '_'; e.g. 0001-02-03-04.jpg)"
+
+    def __init__(self, root: str = "", name_policy: str = "fail", **kwargs: Any) -> None:
+        self.dataset_dir = dataset_root(root, type(self).dataset_dir)
+        key = (type(self), self.dataset_dir, name_policy)
+        train, query, gallery = cached_parse(key, lambda: self._parse(name_policy))
+        super().__init__(train, query, gallery, **kwargs)
+
+    def _parse(self, name_policy: str) -> tuple:
+        name = type(self).__name__
+        splits = ("train", "query", "gallery")
+        check_layout(self.dataset_dir, splits, name, self.obtain)
+        records: dict[str, list[Record]] = {}
+        unparsed: list[str] = []
+        for split in splits:
+            paths = list_files(os.path.join(self.dataset_dir, split), (".jpg",))
+            matched, bad = match_basenames(paths, self.name_regex)
+            unparsed += bad
+            records[split] = [
+                Record(path, int(m[1]), int(m[2]) - 1, (int(m[1]), int(m[3])))
+                for path, m in matched
+                if split == "train" or int(m[2]) in self.eval_cameras
+            ]
+        report_unparsed(name, unparsed, name_policy, self.expected_name)
+        return build_splits(records["train"], records["query"], records["gallery"])
+
+
+class VCClothesSC(VCClothes):
+    """VC-Clothes same-clothes setting: query and gallery from cameras 2 and 3 (general)."""
+
+    protocols = ("general",)
+    eval_cameras = (2, 3)
+    official_counts = {"train": VCClothes.official_counts["train"]}
+
+
+class VCClothesCC(VCClothes):
+    """VC-Clothes clothes-changing setting: query and gallery from cameras 3 and 4 (general)."""
+
+    protocols = ("general",)
+    eval_cameras = (3, 4)
+    official_counts = {"train": VCClothes.official_counts["train"]}
