@@ -1,0 +1,278 @@
+"""Writing a SynthCC tree in LTCC's layout, once, atomically.
+
+Layout (as LTCC_ReID)::
+
+    <root>/synthcc/<preset>_seed<seed>/
+        train/  query/  test/          {pid:03d}_{outfit}_c{camera}_{frame:06d}.png
+        info/cloth-change_id_train.txt  cloth-unchange_id_train.txt
+             cloth-change_id_test.txt   cloth-unchange_id_test.txt    (one 3-digit pid a line)
+        synthcc.json                    preset, seed, generator version, spec, counts
+
+A tree is built in a hidden sibling folder and renamed into place when complete, under a lock
+file, so a killed generation never leaves a folder that looks like a dataset, and two processes
+asking at once generate it once. The same (preset, seed, generator version) gives byte-identical
+files: every image has its own random stream, PNGs are written with fixed settings and no
+metadata, and the manifest holds no time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import operator
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from .presets import get_preset
+from .render import render_image
+from .world import IMAGE, World, build_world, stream
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: generation still works, without a cross-process lock
+    fcntl = None
+
+#: bump when a change to the generator changes any file; older trees are then regenerated
+GENERATOR_VERSION = 1
+MANIFEST = "synthcc.json"
+SPLIT_DIRS = ("train", "query", "test")
+INFO_FILES = (
+    "cloth-change_id_train.txt",
+    "cloth-unchange_id_train.txt",
+    "cloth-change_id_test.txt",
+    "cloth-unchange_id_test.txt",
+)
+
+
+class SynthCCError(RuntimeError):
+    """A SynthCC folder that is not a complete tree of the requested preset and seed."""
+
+
+def image_name(pid: int, outfit: int, camera: int, frame: int) -> str:
+    """LTCC's file name: 3-digit pid, per-person outfit counter, 1-based camera, 6-digit frame."""
+    return f"{pid:03d}_{outfit}_c{camera}_{frame:06d}.png"
+
+
+def synthcc_dir(root: str, preset: str, seed: int) -> str:
+    """Where :func:`ensure_synthcc` keeps the tree of (preset, seed)."""
+    return os.path.abspath(
+        os.path.join(os.path.expanduser(root), "synthcc", f"{preset}_seed{seed}")
+    )
+
+
+def _check_seed(seed: int) -> int:
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = -1
+    if isinstance(seed, bool) or value < 0:
+        raise ValueError(
+            f"SynthCC seed (cc_data.synthcc_seed) must be a non-negative integer, got {seed!r}"
+        )
+    return value
+
+
+def _statistics(world: World) -> dict:
+    """ids, images, cameras and outfits of each split, and the info lists' sizes."""
+    splits: dict = {
+        name: {"pids": set(), "images": 0, "cameras": set(), "outfits": set()}
+        for name in ("train", "query", "gallery")
+    }
+    for t in world.tracklets:
+        counts = (
+            {"train": len(t.frames)}
+            if t.split == "train"
+            else {"query": 1, "gallery": len(t.frames) - 1}
+        )
+        for name, count in counts.items():
+            split = splits[name]
+            split["pids"].add(t.pid)
+            split["images"] += count
+            split["cameras"].add(t.camera)
+            split["outfits"].add((t.pid, t.outfit))
+    stats = {
+        name: {
+            "ids": len(s["pids"]),
+            "images": s["images"],
+            "cameras": len(s["cameras"]),
+            "outfits": len(s["outfits"]),
+        }
+        for name, s in splits.items()
+    }
+    changing = _clothes_changing(world)
+    for split, pids in (("train", world.train_pids), ("test", world.test_pids)):
+        stats[f"clothes_changing_ids_{split}"] = sum(p in changing for p in pids)
+        stats[f"same_clothes_ids_{split}"] = sum(p not in changing for p in pids)
+    stats["shared_outfits"] = len(world.shared_outfits)
+    stats["total_images"] = sum(len(t.frames) for t in world.tracklets)
+    return stats
+
+
+def _clothes_changing(world: World) -> set:
+    counts: dict = {}
+    for pid, _ in world.outfits:
+        counts[pid] = counts.get(pid, 0) + 1
+    return {pid for pid, count in counts.items() if count > 1}
+
+
+def _write_info(world: World, info_dir: str) -> None:
+    changing = _clothes_changing(world)
+    lists = {
+        "cloth-change_id_train.txt": [p for p in world.train_pids if p in changing],
+        "cloth-unchange_id_train.txt": [p for p in world.train_pids if p not in changing],
+        "cloth-change_id_test.txt": [p for p in world.test_pids if p in changing],
+        "cloth-unchange_id_test.txt": [p for p in world.test_pids if p not in changing],
+    }
+    for name, pids in lists.items():
+        with open(os.path.join(info_dir, name), "w", encoding="ascii", newline="\n") as f:
+            f.writelines(f"{pid:03d}\n" for pid in sorted(pids))
+
+
+def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
+    """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) and return its
+    statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`."""
+    spec = get_preset(preset)
+    seed = _check_seed(seed)
+    if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
+        raise SynthCCError(f"cannot generate SynthCC into '{dataset_dir}': the folder is not empty")
+    start = time.perf_counter()
+    world = build_world(spec, seed)
+    for name in (*SPLIT_DIRS, "info"):
+        os.makedirs(os.path.join(dataset_dir, name), exist_ok=True)
+    for t in world.tracklets:
+        identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
+        camera = world.cameras[t.camera]
+        for frame in t.frames:
+            rng = stream(seed, IMAGE, t.pid, t.outfit, t.camera, frame)
+            img = render_image(identity, outfit, camera, rng, spec.image_size)
+            folder = (
+                "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
+            )
+            path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
+            img.save(path, format="PNG", compress_level=6, optimize=False)
+    _write_info(world, os.path.join(dataset_dir, "info"))
+    stats = _statistics(world)
+    manifest = {
+        "dataset": "SynthCC",
+        "layout": "LTCC_ReID",
+        "generator_version": GENERATOR_VERSION,
+        "preset": preset,
+        "seed": seed,
+        "spec": asdict(spec),
+        "statistics": stats,
+    }
+    with open(os.path.join(dataset_dir, MANIFEST), "w", encoding="ascii", newline="\n") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return {**stats, "seconds": time.perf_counter() - start}
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``; the OS releases it if the process dies."""
+    with open(lock_path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_manifest(dataset_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(dataset_dir, MANIFEST), encoding="ascii") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("dataset") == "SynthCC" else None
+
+
+def _check_complete(dataset_dir: str, manifest: dict) -> None:
+    """Every folder holds the number of files the manifest promises."""
+    try:
+        stats = manifest["statistics"]
+        expected = {
+            "train": int(stats["train"]["images"]),
+            "query": int(stats["query"]["images"]),
+            "test": int(stats["gallery"]["images"]),
+            "info": len(INFO_FILES),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SynthCCError(
+            f"'{os.path.join(dataset_dir, MANIFEST)}' lacks the image counts ({exc!r}). Delete "
+            f"'{dataset_dir}' to have it generated again."
+        ) from exc
+    for folder, count in expected.items():
+        path = os.path.join(dataset_dir, folder)
+        found = len(os.listdir(path)) if os.path.isdir(path) else 0
+        if found != count:
+            raise SynthCCError(
+                f"SynthCC tree '{dataset_dir}' is damaged: '{path}' holds {found} files, its "
+                f"{MANIFEST} says {count}. Delete '{dataset_dir}' to have it generated again."
+            )
+
+
+def _usable(dataset_dir: str, preset: str, seed: int) -> bool:
+    """True for a complete tree of this generator version; False when there is none or an
+    older version (which may be replaced); an error for anything else at that path."""
+    if not os.path.exists(dataset_dir):
+        return False
+    manifest = _read_manifest(dataset_dir)
+    if manifest is None:
+        raise SynthCCError(
+            f"'{dataset_dir}' exists but holds no valid {MANIFEST}, so it is not a SynthCC tree "
+            "(generation renames a finished tree into place, so this folder was made otherwise). "
+            "Move or delete it to have SynthCC generated there."
+        )
+    if manifest.get("preset") != preset or manifest.get("seed") != seed:
+        raise SynthCCError(
+            f"'{dataset_dir}/{MANIFEST}' describes preset '{manifest.get('preset')}' seed "
+            f"{manifest.get('seed')}, expected preset '{preset}' seed {seed}: the folder was "
+            "renamed or copied. Delete it to have it generated again."
+        )
+    if manifest.get("generator_version") != GENERATOR_VERSION:
+        return False
+    _check_complete(dataset_dir, manifest)
+    return True
+
+
+def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
+    """The folder of the SynthCC tree (preset, seed) under ``root``, generated when missing.
+
+    Returns ``<root>/synthcc/<preset>_seed<seed>`` (absolute), which holds ``train/ query/ test/
+    info/`` in LTCC's layout. Safe against killed runs and concurrent callers (see module doc).
+    """
+    get_preset(preset)
+    seed = _check_seed(seed)
+    dataset_dir = synthcc_dir(root, preset, seed)
+    if _usable(dataset_dir, preset, seed):
+        return dataset_dir
+    parent, name = os.path.split(dataset_dir)
+    os.makedirs(parent, exist_ok=True)
+    with _exclusive(os.path.join(parent, f".{name}.lock")):
+        if _usable(dataset_dir, preset, seed):  # another process finished it while we waited
+            return dataset_dir
+        if os.path.exists(dataset_dir):
+            print(f"SynthCC: '{dataset_dir}' is from another generator version; regenerating")
+            shutil.rmtree(dataset_dir)
+        # we hold the lock, so any temporary folder left here is from a run that died
+        for entry in os.listdir(parent):
+            if entry.startswith(f".{name}.tmp-"):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        tmp_dir = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+        print(f"SynthCC: generating preset '{preset}' seed {seed} into '{dataset_dir}' ...")
+        try:
+            stats = generate_synthcc(tmp_dir, preset, seed)
+            os.replace(tmp_dir, dataset_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+    print(
+        f"SynthCC: generated {stats['total_images']} images ({stats['train']['ids']} train ids, "
+        f"{stats['query']['ids']} test ids) in {stats['seconds']:.1f} s"
+    )
+    return dataset_dir
