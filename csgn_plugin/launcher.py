@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from yacs.config import CfgNode
 
 from . import builders
 from .compat import torchreid_api
@@ -24,6 +25,26 @@ from .config import load_config
 from .engine.checkpoint import load_weights
 
 tr = torchreid_api()
+
+
+class Tee:
+    """stdout copied into a log file (torchreid's Logger closes the console it wraps when it is
+    garbage-collected, which breaks any caller that keeps using stdout)."""
+
+    def __init__(self, console: object, path: str) -> None:
+        self.console = console
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed by close())
+
+    def write(self, text: str) -> None:
+        self.console.write(text)
+        self.file.write(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
@@ -68,15 +89,26 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     use_gpu = builders.resolve_device(cfg)
     rank, world_size = _init_distributed(use_gpu)
 
+    original_stdout = sys.stdout
     if rank == 0:
         os.makedirs(cfg.data.save_dir, exist_ok=True)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
         name = "test.log" if cfg.test.evaluate else "train.log"
-        sys.stdout = tr.utils.Logger(os.path.join(cfg.data.save_dir, f"{name}-{stamp}"))
-        print(f"Show configuration\n{cfg}\n")
-        print(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
+        sys.stdout = Tee(original_stdout, os.path.join(cfg.data.save_dir, f"{name}-{stamp}"))
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
+    try:
+        return _run(cfg, use_gpu, rank, world_size)
+    finally:
+        sys.stdout.close()
+        sys.stdout = original_stdout
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int) -> object:
+    print(f"Show configuration\n{cfg}\n")
+    print(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
     tr.utils.set_random_seed(cfg.train.seed)
     if use_gpu:
         torch.backends.cudnn.benchmark = True
@@ -88,7 +120,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if cfg.model.load_weights:
         report = load_weights(model, cfg.model.load_weights)
         print(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
-    device = torch.device("cuda" if use_gpu else "cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -96,7 +128,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     scheduler = builders.build_scheduler(cfg, optimizer)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index or 0] if use_gpu else None
+            model, device_ids=[device.index] if use_gpu else None
         )
     if cfg.runtime.compile:
         model = torch.compile(model)
@@ -109,5 +141,4 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     engine.run(**builders.engine_run_kwargs(cfg))
     if world_size > 1:
         dist.barrier()
-        dist.destroy_process_group()
     return engine

@@ -46,7 +46,9 @@ def test_load_weights_reports_loaded_skipped_missing_unexpected(tmp_path):
     state = {"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}
     state["state_dict"]["module.extra"] = torch.zeros(1)
     torch.save(state, tmp_path / "w.pth")
-    target = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 1))
+    target = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 1)
+    )
     report = load_weights(target, str(tmp_path / "w.pth"))
     assert sorted(report.loaded) == ["0.bias", "0.weight"]
     assert len(report.shape_mismatch) == 2 and report.shape_mismatch[0].startswith("1.")

@@ -71,10 +71,15 @@ def test_resume_skips_exactly_the_batches_already_run():
 def test_ranks_take_disjoint_slices_of_the_same_global_batches():
     items = make_items()
     single = list(ClothesIdentitySampler(items, 16, 4, seed=9))
-    ranks = [list(ClothesIdentitySampler(items, 16, 4, seed=9, rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [
+        list(ClothesIdentitySampler(items, 16, 4, seed=9, rank=r, world_size=2)) for r in (0, 1)
+    ]
     per_rank = 8
     for b in range(len(single) // 16):
-        merged = ranks[0][b * per_rank : (b + 1) * per_rank] + ranks[1][b * per_rank : (b + 1) * per_rank]
+        merged = (
+            ranks[0][b * per_rank : (b + 1) * per_rank]
+            + ranks[1][b * per_rank : (b + 1) * per_rank]
+        )
         assert merged == single[b * 16 : (b + 1) * 16]  # same indices and the same sample seeds
 
 

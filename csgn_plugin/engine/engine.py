@@ -42,6 +42,7 @@ from ..evaluation import (
     evaluate_rank_detailed,
     single_shot_evaluate,
 )
+from ..evaluation.pooling import average_clip_features
 from ..losses import HSFLoss
 from ..losses.triplet import HardTripletLoss
 from .checkpoint import atomic_save, rng_state, set_rng_state
@@ -374,11 +375,15 @@ class CCEngine(tr.engine.Engine):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _extract(self, loader: DataLoader) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        feats, pids, camids, clothes = [], [], [], []
+        """Features and labels of a test split, in dataset order (gathered over ranks).
+
+        Video items are (B, S, C, H, W): frame features are pooled per item; a dataset tested
+        on clips (batches carry ``video_index``) then averages its clips per tracklet."""
+        feats, pids, camids, clothes, video_index = [], [], [], [], []
         for data in self.shard(loader):
             imgs = data["img"].to(self.device, non_blocking=True)
             cams = data["camid"].to(self.device, non_blocking=True)
-            video = imgs.dim() == 5  # (B, S, C, H, W): pool frame features per tracklet
+            video = imgs.dim() == 5
             if video:
                 b, s = imgs.shape[:2]
                 imgs = imgs.flatten(0, 1)
@@ -395,12 +400,23 @@ class CCEngine(tr.engine.Engine):
             pids.append(data["pid"])
             camids.append(data["camid"])
             clothes.append(data.get("clothes_id", torch.full_like(data["pid"], -1)))
+            if "video_index" in data:
+                video_index.append(data["video_index"])
         features = self.gather(torch.cat(feats))
         labels = {
-            key: self.gather(torch.cat(values)).numpy()
+            key: self.gather(torch.cat(values))
             for key, values in (("pids", pids), ("camids", camids), ("clothes", clothes))
         }
-        return features, labels
+        if video_index:
+            index = self.gather(torch.cat(video_index))
+            num_videos = int(index.max()) + 1
+            features = average_clip_features(features, index.to(features.device), num_videos)
+            positions = torch.arange(len(index))
+            first = torch.full((num_videos,), len(index)).scatter_reduce(
+                0, index, positions, reduce="amin"
+            )
+            labels = {key: value[first] for key, value in labels.items()}
+        return features, {key: value.numpy() for key, value in labels.items()}
 
     def protocols_for(self, name: str) -> list[str]:
         declared = list(self.datamanager.protocols.get(name, ("general",)))

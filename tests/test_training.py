@@ -1,0 +1,131 @@
+"""End-to-end training through tools/train.py's code path on the tiny SynthCC (CPU)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from csgn_plugin.compat import load_checkpoint
+from csgn_plugin.launcher import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def baseline_opts(tmp_path, save_dir, *extra):
+    return [
+        "--config-file",
+        os.path.join(ROOT, "configs", "synthcc_osnet.yaml"),
+        "data.root",
+        str(tmp_path / "data"),
+        "data.save_dir",
+        str(save_dir),
+        "data.height",
+        "64",
+        "data.width",
+        "32",
+        "data.workers",
+        "0",
+        "cc_data.synthcc_preset",
+        "tiny",
+        "train.batch_size",
+        "16",
+        "train.max_epoch",
+        "2",
+        "train.print_freq",
+        "2",
+        "test.eval_freq",
+        "-1",
+        "test.visrank",
+        "False",
+        "runtime.plot",
+        "False",
+        "runtime.device",
+        "cpu",
+        *extra,
+    ]
+
+
+def weights(save_dir, which="last"):
+    return load_checkpoint(os.path.join(save_dir, "checkpoints", f"{which}.pth"))["state_dict"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):
+    save = tmp_path / "run"
+    engine = main(baseline_opts(tmp_path, save, "test.visrank", "True", "runtime.plot", "True"))
+    out = capsys.readouterr().out
+    for protocol in ("GENERAL", "CC", "SC"):
+        assert f"synthcc         {protocol}" in out
+    assert set(engine.last_results["synthcc"]) == {"general", "cc", "sc"}
+    assert os.path.isfile(save / "checkpoints" / "last.pth")
+    assert os.path.isfile(save / "checkpoints" / "best.pth")
+    assert os.path.isfile(save / "training.png")
+    assert glob.glob(str(save / "train.log-*"))
+    assert len(os.listdir(save / "visrank_synthcc")) == len(
+        engine.datamanager.test_dataset["synthcc"]["query"]
+    )
+    # torchreid's own loader reads our checkpoint's weights
+    from csgn_plugin.compat import torchreid_api
+
+    model = torchreid_api().models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
+    torchreid_api().utils.load_pretrained_weights(model, str(save / "checkpoints" / "best.pth"))
+
+
+def test_resume_after_an_epoch_ends_with_the_same_weights(tmp_path):
+    main(baseline_opts(tmp_path, tmp_path / "straight"))
+    main(baseline_opts(tmp_path, tmp_path / "split", "train.max_epoch", "1"))
+    main(baseline_opts(tmp_path, tmp_path / "split", "model.resume", "auto"))
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+
+
+def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
+    """A checkpoint every 3 steps; training stopped by an exception after step 6 (epoch 2)."""
+    main(baseline_opts(tmp_path, tmp_path / "straight"))
+    save = tmp_path / "killed"
+    from csgn_plugin.engine.engine import CCEngine
+
+    original = CCEngine.forward_backward
+
+    def crash_after_step_6(self, data):
+        if self.global_step == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, data)
+
+    CCEngine.forward_backward = crash_after_step_6
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(baseline_opts(tmp_path, save, "runtime.checkpoint_iters", "3"))
+    finally:
+        CCEngine.forward_backward = original
+    state = load_checkpoint(save / "checkpoints" / "last.pth")
+    assert state["global_step"] == 6 and state["batch"] > 0  # resumes inside an epoch
+    main(baseline_opts(tmp_path, save, "model.resume", "auto", "runtime.checkpoint_iters", "3"))
+    assert_same_weights(weights(tmp_path / "straight"), weights(save))
+
+
+def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path):
+    save = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        os.path.join(ROOT, "tools", "train.py"),
+        *baseline_opts(tmp_path, save, "train.max_epoch", "1"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = glob.glob(str(save / "train.log-*"))
+    text = open(logs[0]).read()
+    assert "synthcc         CC" in text
+    assert os.path.isfile(save / "checkpoints" / "last.pth")
