@@ -12,6 +12,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+CONTEXT = 16  # the tiny text tower's context length
+
+
 @pytest.fixture(scope="module")
 def clip():
     return load_clip("csgn-tiny-vit").eval()
@@ -20,7 +23,7 @@ def clip():
 def _learner(clip, **kwargs):
     parts = clip_text_parts(clip)
     options = {"num_ids": 3, "modalities": ("rgb", "gray")} | kwargs
-    return PromptLearner(parts["token_embedding"], 77, **options)
+    return PromptLearner(parts["token_embedding"], CONTEXT, **options)
 
 
 def _encoder(clip):
@@ -37,12 +40,12 @@ def _encoder(clip):
 def test_template_layout_matches_clip_reid(clip):
     learner = _learner(clip)
     # <SOT> a photo of a | X X X X | person . <EOT> <pad>...: CLIP's tokenizer gives one token
-    # per word here, so the prefix is 5 tokens, the suffix 77 - 5 - 4 = 68, EOT at index 11
+    # per word here, so the prefix is 5 tokens, the suffix 16 - 5 - 4 = 7, EOT at index 11
     assert learner.token_prefix.shape == (1, 5, 64)
-    assert learner.token_suffix.shape == (1, 68, 64)
+    assert learner.token_suffix.shape == (1, 7, 64)
     assert learner.eot_index == 11
     prompts = learner(torch.tensor([0, 2, 2]), "gray")
-    assert prompts.shape == (3, 77, 64)
+    assert prompts.shape == (3, 16, 64)
     torch.testing.assert_close(prompts[1, 5:9], learner.ctx["gray"][2])
     torch.testing.assert_close(prompts[0, 5:9], learner.ctx["gray"][0])
 
@@ -55,7 +58,7 @@ def test_prompt_features_equal_clip_text_features_for_word_vectors(clip):
     with torch.no_grad():
         learner.ctx["rgb"][:] = clip.token_embedding.weight[x_id]
         ours = encoder(learner(torch.tensor([1]), "rgb"), learner.eot_index)
-        expected = clip.encode_text(open_clip.tokenize(["a X X standing."]))
+        expected = clip.encode_text(open_clip.tokenize(["a X X standing."], CONTEXT))
     torch.testing.assert_close(ours, expected)
 
 
