@@ -42,26 +42,39 @@ def _check_keys(cfg: CN, other: CN, source: str, prefix: str = "") -> None:
             _check_keys(cfg[key], value, source, full + ".")
 
 
+def _merge_file(cfg: CN, config_file: str, seen: tuple = ()) -> None:
+    """Merge ``config_file`` into ``cfg``; a ``_BASE_: path`` key (relative to the file) is
+    merged first, as in detectron2, so that ablation configs hold only what they change."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file not found: '{config_file}'")
+    if config_file in seen:
+        raise ConfigError(f"{config_file}: _BASE_ chain loops back to itself")
+    with open(config_file, encoding="utf-8") as f:
+        try:
+            other = cfg.load_cfg(f)
+        except Exception as exc:
+            raise ConfigError(f"{config_file}: not a valid YAML config: {exc}") from exc
+    base = other.pop("_BASE_", None)
+    if base is not None:
+        path = os.path.join(os.path.dirname(config_file), base)
+        _merge_file(cfg, os.path.normpath(path), (*seen, config_file))
+    _check_keys(cfg, other, config_file)
+    try:
+        cfg.merge_from_other_cfg(other)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{config_file}: {exc}") from exc
+
+
 def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
-    """Defaults, then ``config_file``, then ``KEY VALUE`` overrides; frozen.
+    """Defaults, then ``config_file`` (after its ``_BASE_`` chain), then ``KEY VALUE`` overrides;
+    frozen.
 
     Unknown keys (with a did-you-mean), wrong value types and malformed overrides raise
     :class:`ConfigError` naming the file or the key.
     """
     cfg = get_default_config()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"config file not found: '{config_file}'")
-        with open(config_file, encoding="utf-8") as f:
-            try:
-                other = cfg.load_cfg(f)
-            except Exception as exc:
-                raise ConfigError(f"{config_file}: not a valid YAML config: {exc}") from exc
-        _check_keys(cfg, other, config_file)
-        try:
-            cfg.merge_from_other_cfg(other)
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"{config_file}: {exc}") from exc
+        _merge_file(cfg, config_file)
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"overrides must come in KEY VALUE pairs, got an odd list: {opts}")
