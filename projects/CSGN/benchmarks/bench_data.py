@@ -1,0 +1,75 @@
+"""Data-loading throughput of the training loader (SynthCC by default) per number of workers.
+
+    python projects/CSGN/benchmarks/bench_data.py --workers 0 1 2 --out projects/CSGN/results
+
+Iterates ``builders.build_datamanager(cfg).train_loader`` exactly as training does (sampler,
+seeded augmentation, collation), without a model, and reports images/s per worker count.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+
+import torch  # noqa: E402
+
+from csgn_plugin import builders  # noqa: E402
+from csgn_plugin.config import load_config  # noqa: E402
+
+
+def loader_rate(cfg_file, opts, workers, batches):
+    cfg = load_config(cfg_file, [*opts, "data.workers", str(workers)])
+    dm = builders.build_datamanager(cfg, use_gpu=torch.cuda.is_available())
+    dm.train_sampler.set_epoch(0)
+    iterator = iter(dm.train_loader)
+    next(iterator)  # worker start-up is not throughput
+    start, images = time.perf_counter(), 0
+    for _, data in zip(range(batches), iterator):
+        images += data["img"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config-file", default="configs/csgn_synthcc.yaml")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--out", default="projects/CSGN/results")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for workers in args.workers:
+        rate = loader_rate(args.config_file, args.opts, workers, args.batches)
+        rows.append({"workers": workers, "img_s": rate})
+        print(json.dumps(rows[-1]), flush=True)
+    cfg = load_config(args.config_file, args.opts)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "command": "python " + " ".join(sys.argv),
+        "input": f"{cfg.data.height}x{cfg.data.width}, transforms {list(cfg.data.transforms)}",
+        "rows": rows,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "data_benchmark_cpu.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    lines = [
+        f"{report['date']}, {report['cpu_count']} CPUs, load average {report['load_average']}",
+        f"Command: `{report['command']}`; {report['input']}",
+        "",
+        "| workers | images/s |",
+        "|---|---|",
+    ] + [f"| {r['workers']} | {r['img_s']:.0f} |" for r in rows]
+    with open(os.path.join(args.out, "data_benchmark_cpu.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
