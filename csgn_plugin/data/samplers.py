@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,18 +173,10 @@ class RandomIdentitySampler(EpochSampler):
 class ClothesIdentitySampler(RandomIdentitySampler):
     """Identity sampler whose K instances of an id cycle through the id's outfits."""
 
-    def __init__(
-        self,
-        data_source: Sequence,
-        batch_size: int,
-        num_instances: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        super().__init__(data_source, batch_size, num_instances, seed, rank, world_size)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.by_pid_clothes: dict[int, dict[int, list[int]]] = {}
-        for index, item in enumerate(data_source):
+        for index, item in enumerate(self.data_source):
             self.by_pid_clothes.setdefault(item[1], {}).setdefault(item[4], []).append(index)
 
     def _ordered_instances(self, pid: int, rng: np.random.Generator) -> list[int]:

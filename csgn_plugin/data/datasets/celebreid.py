@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any
 
-from ..base import (
-    ClothesImageDataset,
-    Record,
-    build_splits,
-    cached_parse,
-    check_layout,
-    report_unparsed,
-)
-from ._scan import dataset_root, list_files, match_basenames
+from ..base import Record
+from .common import FlatFolderDataset
 
 
-class CelebReID(ClothesImageDataset):
+class CelebReID(FlatFolderDataset):
     """Celeb-reID: ``train/``, ``query/``, ``gallery/``, ``*.jpg`` named ``<pid>_<n>_<x>.jpg``.
 
     The release has no camera and no clothes labels (nearly every image is a clothes change).
@@ -40,25 +31,9 @@ class CelebReID(ClothesImageDataset):
     name_regex = re.compile(r"(\d+)_(\d+)_([^_]+)\.jpg")
     expected_name = "<pid>_<n>_<x>.jpg (e.g. 12_31_0.jpg)"
 
-    def __init__(self, root: str = "", name_policy: str = "fail", **kwargs: Any) -> None:
-        self.dataset_dir = dataset_root(root, type(self).dataset_dir)
-        key = (type(self), self.dataset_dir, name_policy)
-        train, query, gallery = cached_parse(key, lambda: self._parse(name_policy))
-        super().__init__(train, query, gallery, **kwargs)
-
-    def _parse(self, name_policy: str) -> tuple:
-        name = type(self).__name__
-        splits = ("train", "query", "gallery")
-        check_layout(self.dataset_dir, splits, name, self.obtain)
-        records: dict[str, list[Record]] = {}
-        unparsed: list[str] = []
-        for split in splits:
-            paths = list_files(os.path.join(self.dataset_dir, split), (".jpg",))
-            matched, bad = match_basenames(paths, self.name_regex)
-            unparsed += bad
-            records[split] = [Record(p, int(m[1]), int(m[2][0]), p) for p, m in matched]
-        report_unparsed(name, unparsed, name_policy, self.expected_name)
-        return build_splits(records["train"], records["query"], records["gallery"])
+    def record(self, split: str, path: str, match: re.Match) -> Record:
+        # camera = first digit of n; each image is its own outfit
+        return Record(path, int(match[1]), int(match[2][0]), path)
 
 
 class CelebReIDLight(CelebReID):

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 
 from ..base import (
-    ClothesImageDataset,
     DatasetLayoutError,
     Record,
     build_splits,
-    cached_parse,
     check_layout,
     report_unparsed,
 )
-from ._scan import check_choice, check_unique, dataset_root, list_files, match_basenames
+from ._scan import check_unique, list_files, match_basenames
+from .common import EvalSplitDataset
 
 
 def read_bbox_list(path: str) -> dict[str, str]:
@@ -45,7 +43,7 @@ def _tracklet_order(tracklet: str) -> tuple:
     return (0, int(tracklet), "") if tracklet.isdigit() else (1, 0, tracklet)
 
 
-class DeepChange(ClothesImageDataset):
+class DeepChange(EvalSplitDataset):
     """DeepChange: 178,407 boxes of 1,121 people in 17 cameras over 12 months.
 
     Layout under ``<root>/DeepChangeDataset/``: ``train-set/``, ``val-set-query/``,
@@ -71,16 +69,6 @@ class DeepChange(ClothesImageDataset):
     official_note = "official totals cover all five folders: 178,407 boxes, 1,121 ids, 17 cameras"
     name_regex = re.compile(r"P(\d+)_C(0*[1-9]\d*)_([^_]+)_([^_]+)_([^_]+)_([^_.]+)\.jpg")
     expected_name = "P<pid>_C<cam>_<day>_<hour>_<x>_<y>.jpg"
-
-    def __init__(
-        self, root: str = "", eval_split: str = "test", name_policy: str = "fail", **kwargs: Any
-    ) -> None:
-        check_choice("eval_split", eval_split, ("test", "val"))
-        self.dataset_dir = dataset_root(root, type(self).dataset_dir)
-        self.eval_split = eval_split
-        key = (type(self), self.dataset_dir, eval_split, name_policy)
-        train, query, gallery = cached_parse(key, lambda: self._parse(eval_split, name_policy))
-        super().__init__(train, query, gallery, **kwargs)
 
     def _parse(self, eval_split: str, name_policy: str) -> tuple:
         name = type(self).__name__

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 
 from ..base import (
-    ClothesImageDataset,
     Record,
     build_splits,
-    cached_parse,
     check_layout,
     report_unparsed,
 )
 from ._scan import (
-    check_choice,
     check_unique,
-    dataset_root,
     list_files,
     list_subdirs,
     match_basenames,
 )
+from .common import EvalSplitDataset
 
 
 def _nested_files(directory: str) -> list[str]:
@@ -33,7 +29,7 @@ def _nested_files(directory: str) -> list[str]:
     ]
 
 
-class LaST(ClothesImageDataset):
+class LaST(EvalSplitDataset):
     """LaST: movie frames, 10,860 people; train 5,000 ids / 71,248 images.
 
     Layout under ``<root>/last/``::
@@ -65,16 +61,6 @@ class LaST(ClothesImageDataset):
     train_regex = re.compile(r"(\d+)_.*_(\d+)\.jpg")
     test_regex = re.compile(r"(\d+)_.*\.jpg")
     expected_name = "<pid>_..._<outfit>.jpg (train) / <pid>_....jpg (query, gallery)"
-
-    def __init__(
-        self, root: str = "", eval_split: str = "test", name_policy: str = "fail", **kwargs: Any
-    ) -> None:
-        check_choice("eval_split", eval_split, ("test", "val"))
-        self.dataset_dir = dataset_root(root, type(self).dataset_dir)
-        self.eval_split = eval_split
-        key = (type(self), self.dataset_dir, eval_split, name_policy)
-        train, query, gallery = cached_parse(key, lambda: self._parse(eval_split, name_policy))
-        super().__init__(train, query, gallery, **kwargs)
 
     def _parse(self, eval_split: str, name_policy: str) -> tuple:
         name = type(self).__name__

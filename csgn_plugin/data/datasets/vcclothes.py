@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any
 
-from ..base import (
-    ClothesImageDataset,
-    Record,
-    build_splits,
-    cached_parse,
-    check_layout,
-    report_unparsed,
-)
-from ._scan import dataset_root, list_files, match_basenames
+from ..base import Record
+from .common import FlatFolderDataset
 
 
-class VCClothes(ClothesImageDataset):
+class VCClothes(FlatFolderDataset):
     """VC-Clothes: 512 ids, 4 cameras, 19,060 images.
 
     Layout under ``<root>/VC-Clothes/``: ``train/``, ``query/``, ``gallery/``, ``*.jpg`` named
@@ -44,29 +35,11 @@ class VCClothes(ClothesImageDataset):
     name_regex = re.compile(r"(\d+)[-_](0*[1-9]\d*)[-_](\d+)[-_](\d+)\.jpg")
     expected_name = "<pid>-<camera>-<outfit>-<counter>.jpg (or with '_'; e.g. 0001-02-03-04.jpg)"
 
-    def __init__(self, root: str = "", name_policy: str = "fail", **kwargs: Any) -> None:
-        self.dataset_dir = dataset_root(root, type(self).dataset_dir)
-        key = (type(self), self.dataset_dir, name_policy)
-        train, query, gallery = cached_parse(key, lambda: self._parse(name_policy))
-        super().__init__(train, query, gallery, **kwargs)
-
-    def _parse(self, name_policy: str) -> tuple:
-        name = type(self).__name__
-        splits = ("train", "query", "gallery")
-        check_layout(self.dataset_dir, splits, name, self.obtain)
-        records: dict[str, list[Record]] = {}
-        unparsed: list[str] = []
-        for split in splits:
-            paths = list_files(os.path.join(self.dataset_dir, split), (".jpg",))
-            matched, bad = match_basenames(paths, self.name_regex)
-            unparsed += bad
-            records[split] = [
-                Record(path, int(m[1]), int(m[2]) - 1, (int(m[1]), int(m[3])))
-                for path, m in matched
-                if split == "train" or int(m[2]) in self.eval_cameras
-            ]
-        report_unparsed(name, unparsed, name_policy, self.expected_name)
-        return build_splits(records["train"], records["query"], records["gallery"])
+    def record(self, split: str, path: str, match: re.Match) -> Record | None:
+        camera = int(match[2])
+        if split != "train" and camera not in self.eval_cameras:
+            return None
+        return Record(path, int(match[1]), camera - 1, (int(match[1]), int(match[3])))
 
 
 class VCClothesSC(VCClothes):
