@@ -6,6 +6,7 @@ never import this module, so imports keep pointing one way.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -13,9 +14,10 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from .compat import torchreid_api
+from .compat import model_factory, torchreid_api
+from .data.base import IMAGE_POLICIES
 from .data.datamanager import ClothesDataManager
-from .data.samplers import IDENTITY_SAMPLERS
+from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
 from .engine.engine import CCEngine, EngineOptions, LossOptions, unwrap_model
 from .engine.stages import PromptStageOptions, build_stages
 from .modeling import build_model_from_config
@@ -45,10 +47,71 @@ def resolve_amp(cfg: CfgNode, use_gpu: bool) -> str:
     return amp
 
 
-def check_config(cfg: CfgNode) -> None:
-    """Refuse incompatible options before any work starts."""
-    if cfg.data.type not in ("image", "video"):
-        raise ValueError(f"data.type must be 'image' or 'video', got '{cfg.data.type}'")
+def _did_you_mean(value: Any, allowed: Any) -> str:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _choice(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        hint = _did_you_mean(value, allowed)
+        raise ValueError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
+
+
+def _at_least(key: str, value: Any, low: int | float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ValueError(f"{key} must be a number >= {low}, got {value!r}")
+
+
+def check_config(cfg: CfgNode, world_size: int = 1) -> None:
+    """Refuse unknown names, out-of-range values and incompatible options before any work starts
+    (no data is read, no model built). ``world_size``: the number of DDP processes."""
+    _choice("data.type", cfg.data.type, ("image", "video"))
+    registry = vars(tr.data.datasets)[f"__{cfg.data.type}_datasets"]
+    for key in ("sources", "targets"):
+        for name in cfg.data[key]:
+            if name not in registry:
+                raise ValueError(
+                    f"data.{key}: unknown {cfg.data.type} dataset '{name}'"
+                    f"{_did_you_mean(name, registry)} Available: {sorted(registry)}"
+                )
+    factory = model_factory()
+    if cfg.model.name not in factory:
+        raise KeyError(
+            f"model.name: unknown model '{cfg.model.name}'"
+            f"{_did_you_mean(cfg.model.name, factory)} Available: {sorted(factory)}"
+        )
+    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
+    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
+    _choice("train.optim", cfg.train.optim, ("adam", "adamw", "sgd"))
+    _choice("train.lr_scheduler", cfg.train.lr_scheduler, ("single_step", "multi_step", "cosine"))
+    _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
+    _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
+    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
+    for key, value, low in (
+        ("train.batch_size", cfg.train.batch_size, 1),
+        ("train.max_epoch", cfg.train.max_epoch, 0),
+        ("train.print_freq", cfg.train.print_freq, 1),
+        ("train.lr", cfg.train.lr, 0),
+        ("test.batch_size", cfg.test.batch_size, 1),
+        ("sampler.num_instances", cfg.sampler.num_instances, 1),
+        ("data.height", cfg.data.height, 1),
+        ("data.width", cfg.data.width, 1),
+        ("data.workers", cfg.data.workers, 0),
+        ("stage1.batch_size", cfg.stage1.batch_size, 1),
+        ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
+        ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
+        ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
+        ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
+        ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
+    ):
+        _at_least(key, value, low)
+    if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":
+        raise ValueError(
+            "cc_data.image_policy 'skip' works on image datasets only; video frames that cannot "
+            "be read always fail naming the file (set cc_data.image_policy 'fail')"
+        )
     uses_triplet = (
         cfg.loss.name == "triplet"
         or cfg.model.name in ("csgn",)
@@ -60,13 +123,62 @@ def check_config(cfg: CfgNode) -> None:
             f"positives in every batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} "
             f"(got '{cfg.sampler.train_sampler}')"
         )
-    if cfg.sampler.train_sampler in IDENTITY_SAMPLERS and (
-        cfg.train.batch_size % cfg.sampler.num_instances
-    ):
+    batch, k = cfg.train.batch_size, cfg.sampler.num_instances
+    if batch % world_size:
         raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must be a multiple of "
-            f"sampler.num_instances={cfg.sampler.num_instances}"
+            f"train.batch_size={batch} must be divisible by the number of processes "
+            f"({world_size}): each process takes an equal share"
         )
+    if cfg.sampler.train_sampler in IDENTITY_SAMPLERS and (batch // world_size) % k:
+        share = f" per process ({batch} / {world_size})" if world_size > 1 else ""
+        raise ValueError(
+            f"train.batch_size={batch}{share} must be a multiple of sampler.num_instances={k}: "
+            f"an identity sampler fills a batch with whole groups of {k} images per identity"
+        )
+
+
+def check_data(cfg: CfgNode, datamanager: Any) -> None:
+    """Refuse a training set the sampler cannot fill one batch from (an epoch would be empty).
+
+    Identity samplers refuse a batch that needs more identities than the training set holds
+    when they are built; fewer images of an id than ``sampler.num_instances`` is fine (they
+    repeat)."""
+    if cfg.test.evaluate:
+        return
+    sampler = datamanager.train_sampler
+    if sampler.num_batches() == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} cannot be filled: the training set holds "
+            f"{len(sampler.data_source)} images of {datamanager.num_train_pids} identities, not "
+            f"enough for one batch of {cfg.sampler.train_sampler}; lower train.batch_size"
+        )
+
+
+def check_input_size(cfg: CfgNode, model: nn.Module, device: torch.device) -> None:
+    """One forward pass of two blank images at ``data.height`` x ``data.width`` (eval mode, no
+    gradient, no random numbers drawn): a backbone that cannot take that size fails here, before
+    training, with the keys to change, not deep inside the first step."""
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    imgs = torch.zeros(2, 3, cfg.data.height, cfg.data.width, device=device)
+    forward = net.forward
+    takes_camids = "camids" in getattr(forward, "__code__", forward).co_varnames
+    try:
+        with torch.no_grad():
+            if takes_camids:
+                net(imgs, torch.zeros(2, dtype=torch.long, device=device))
+            else:
+                net(imgs)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"model '{cfg.model.name}' cannot take images of data.height x data.width = "
+            f"{cfg.data.height}x{cfg.data.width}: {exc}. Use a larger size (ReID: 256x128)"
+        ) from exc
+    finally:
+        net.train(was_training)
 
 
 def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: int = 1) -> Any:
@@ -101,9 +213,15 @@ def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: in
 
 def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
     """The plugin's models from their config sections; torchreid's models by name."""
-    model = build_model_from_config(
-        cfg, num_classes=datamanager.num_train_pids, num_cameras=datamanager.num_train_cams
-    )
+    try:
+        model = build_model_from_config(
+            cfg, num_classes=datamanager.num_train_pids, num_cameras=datamanager.num_train_cams
+        )
+    except ValueError as exc:  # say which config built the model that refused it
+        raise ValueError(
+            f"model.name '{cfg.model.name}' with data.height x data.width = "
+            f"{cfg.data.height}x{cfg.data.width}: {exc}"
+        ) from exc
     if model is None:
         factory = vars(tr.models)["__model_factory"]
         if cfg.model.name not in factory:

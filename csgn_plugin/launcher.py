@@ -1,9 +1,14 @@
 """What ``tools/train.py`` and ``tools/test.py`` run: torchreid main.py's flow, plus DDP.
 
-config file + ``KEY VALUE`` overrides -> log tee into ``save_dir`` -> seed -> environment info ->
-data -> model (+ weights) -> optimizer -> scheduler -> engine (+ resume) -> ``engine.run``.
+config file + ``KEY VALUE`` overrides -> checks (``builders.check_config``: nothing is read or
+built before the config is known to be consistent) -> log tee into ``save_dir`` -> seed ->
+environment info -> data (+ ``check_data``) -> model (+ weights, + ``check_input_size``) ->
+optimizer -> scheduler -> engine (+ resume) -> ``engine.run``. An exception that stops the run is
+also written into the log file.
+
 Under ``torchrun`` (WORLD_SIZE > 1) every process joins one process group (NCCL on GPUs, gloo on
-CPUs); only rank 0 prints and writes.
+CPUs) whose collectives give up after ``runtime.dist_timeout_s``: a rank that dies or hangs stops
+the others (non-zero exit) instead of leaving them waiting; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -57,14 +62,18 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-def _init_distributed(use_gpu: bool) -> tuple[int, int]:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _init_distributed(use_gpu: bool, timeout_s: float) -> tuple[int, int]:
+    world_size = _world_size()
     if world_size == 1:
         return 0, 1
     if use_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(
-        backend="nccl" if use_gpu else "gloo", timeout=datetime.timedelta(minutes=30)
+        backend="nccl" if use_gpu else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
     )
     return dist.get_rank(), world_size
 
@@ -85,9 +94,10 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if test_only:
         opts += ["test.evaluate", "True"]
     cfg = load_config(args.config_file, opts)
-    builders.check_config(cfg)
+    builders.check_config(cfg, _world_size())
     use_gpu = builders.resolve_device(cfg)
-    rank, world_size = _init_distributed(use_gpu)
+    builders.resolve_amp(cfg, use_gpu)
+    rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)
 
     original_stdout = sys.stdout
     if rank == 0:
@@ -99,6 +109,9 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
         return _run(cfg, use_gpu, rank, world_size)
+    except Exception as exc:
+        print(f"=> Stopped by {type(exc).__name__}: {exc}", flush=True)  # into the log file too
+        raise
     finally:
         sys.stdout.close()
         sys.stdout = original_stdout
@@ -116,12 +129,14 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int) -> object:
         torch.backends.cudnn.allow_tf32 = True
 
     datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
+    builders.check_data(cfg, datamanager)
     model = builders.build_model(cfg, datamanager, use_gpu)
     if cfg.model.load_weights:
-        report = load_weights(model, cfg.model.load_weights)
+        report = load_weights(model, cfg.model.load_weights, strict=cfg.model.strict_load)
         print(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     model = model.to(device)
+    builders.check_input_size(cfg, model, device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)

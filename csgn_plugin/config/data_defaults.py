@@ -11,7 +11,9 @@ from yacs.config import CfgNode as CN
 def add_data_sections(cfg: CN) -> None:
     cfg.cc_data = CN()
     cfg.cc_data.name_policy = "fail"  # files whose names do not parse: 'fail' or 'skip' (warn)
-    cfg.cc_data.image_policy = "fail"  # images that cannot be decoded: 'fail' (name the file)
+    # images that cannot be decoded: 'fail' (name the file) or 'skip' (use another image of the
+    # same identity; counted and reported)
+    cfg.cc_data.image_policy = "fail"
     cfg.cc_data.synthcc_preset = "default"  # size of the generated SynthCC ('tiny', 'default', ...)
     cfg.cc_data.synthcc_seed = 0
     # LTCC training ids: 'all', or 'cc' = only the clothes-changing ids of

@@ -23,6 +23,9 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.model.pretrained = False  # True downloads ImageNet/CLIP weights (needs network)
     cfg.model.load_weights = ""  # path to model weights (torchreid's load_pretrained_weights)
     cfg.model.resume = ""  # path to a checkpoint to resume from ('auto': the last in save_dir)
+    # plugin addition: refuse model.load_weights unless every tensor of the model is in the file
+    # with the right shape (False: load what fits and report the rest)
+    cfg.model.strict_load = False
 
     cfg.data = CN()
     cfg.data.type = "image"
@@ -144,6 +147,9 @@ def _plugin_sections(cfg: CN) -> None:
     cfg.runtime.checkpoint_period = 1  # epochs between 'last' checkpoints (0: only at the end)
     cfg.runtime.checkpoint_iters = 0  # also every N steps inside an epoch (0: off)
     cfg.runtime.nan_policy = "stop"  # non-finite loss: 'stop' (clear error) or 'skip' the step
+    # DDP: seconds a rank waits in a collective before it gives up (a dead or stuck peer stops
+    # the job after at most this long instead of hanging)
+    cfg.runtime.dist_timeout_s = 1800
     cfg.runtime.plot = True  # write training curves and CMC plots into save_dir
 
 

@@ -18,12 +18,16 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from PIL import Image
+
 from ..compat import torchreid_api
-from .image_io import read_image
+from .image_io import ImageReadError, read_image
 
 tr = torchreid_api()
 
 Item = tuple  # (img_path or frame paths, pid, camid, dsetid, clothes_id)
+
+IMAGE_POLICIES = ("fail", "skip")
 
 
 @dataclass(frozen=True)
@@ -159,19 +163,42 @@ class ClothesDatasetMixin:
 
 
 class ClothesImageDataset(ClothesDatasetMixin, tr.data.ImageDataset):
-    """Image dataset whose items carry a clothes id and whose batches carry ``clothes_id``."""
+    """Image dataset whose items carry a clothes id and whose batches carry ``clothes_id``.
+
+    ``image_policy`` (``cc_data.image_policy``) says what an unreadable image does:
+
+    * ``'fail'``: raise :class:`ImageReadError` naming the file (also from a loader worker);
+    * ``'skip'``: use the next readable image of the same identity instead (same outfit first,
+      in dataset order, so the choice is deterministic), and flag the item: every item then
+      carries ``unreadable_path``, the file it could not read (``''`` when it read its own). The
+      engine counts the flags of each batch, which works whatever process loaded the item, and
+      leaves flagged query/gallery items out of the evaluation. A training identity without any
+      readable image still fails; a test item without one gets a black placeholder (left out).
+    """
 
     def __init__(self, train: list, query: list, gallery: list, **kwargs: Any) -> None:
         _check_nonempty(type(self).__name__, train, query, gallery)
         self.image_policy = kwargs.pop("image_policy", "fail")
+        if self.image_policy not in IMAGE_POLICIES:
+            raise ValueError(
+                f"cc_data.image_policy must be one of {IMAGE_POLICIES}, got '{self.image_policy}'"
+            )
+        self._same_identity: tuple[list, dict] | None = None
         super().__init__(train, query, gallery, **kwargs)
 
     def __getitem__(self, index: int) -> dict:
         img_path, pid, camid, dsetid, clothes_id = self.data[index]
-        img = read_image(img_path, policy=self.image_policy)
+        unreadable = ""
+        try:
+            img = read_image(img_path)
+        except ImageReadError:
+            if self.image_policy == "fail":
+                raise
+            unreadable = img_path
+            img_path, img = self._substitute(index)
         if self.transform is not None:
             img = self._transform_image(self.transform, self.k_tfm, img)
-        return {
+        item = {
             "img": img,
             "pid": pid,
             "camid": camid,
@@ -179,6 +206,42 @@ class ClothesImageDataset(ClothesDatasetMixin, tr.data.ImageDataset):
             "dsetid": dsetid,
             "clothes_id": clothes_id,
         }
+        if self.image_policy == "skip":
+            item["unreadable_path"] = unreadable
+        return item
+
+    def _candidates(self, index: int) -> list[int]:
+        """Indices of the same identity after ``index`` (cyclic), those of its outfit first."""
+        if self._same_identity is None or self._same_identity[0] is not self.data:
+            by_pid: dict[int, list[int]] = {}
+            for i, item in enumerate(self.data):
+                by_pid.setdefault(item[1], []).append(i)
+            self._same_identity = (self.data, by_pid)
+        _, pid, _, _, clothes_id = self.data[index]
+        same = self._same_identity[1][pid]
+        start = same.index(index)
+        ordered = same[start + 1 :] + same[:start]
+        return [i for i in ordered if self.data[i][4] == clothes_id] + [
+            i for i in ordered if self.data[i][4] != clothes_id
+        ]
+
+    def _substitute(self, index: int) -> tuple[str, Image.Image]:
+        """The first readable image that can stand in for item ``index``, and its path."""
+        for other in self._candidates(index):
+            path = self.data[other][0]
+            try:
+                return path, read_image(path)
+            except ImageReadError:
+                continue
+        path, pid = self.data[index][0], self.data[index][1]
+        if self.mode == "train":
+            raise ImageReadError(
+                path,
+                f"unreadable, and no other image of training identity {pid} can be read "
+                "(cc_data.image_policy 'skip' needs one to stand in)",
+            )
+        # the engine leaves this item out of the evaluation; the transform resizes it
+        return "", Image.new("RGB", (64, 128))
 
     def __add__(self, other: Any) -> ClothesImageDataset:
         """Concatenate training sets (torchreid's version unpacks four fields and fails)."""

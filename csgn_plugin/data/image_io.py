@@ -3,23 +3,37 @@
 torchreid's ``read_image`` retries forever on an unreadable file (the job hangs with no file name
 inside a DataLoader worker). Here every failure raises :class:`ImageReadError` with the path and
 the reason, and every PIL mode a ReID data set may hold (grayscale, RGBA, palette, CMYK, 16-bit)
-is converted to 8-bit RGB.
+is converted to 8-bit RGB. What happens next (stop, or use another image of the same identity) is
+the dataset's ``image_policy`` (``cc_data.image_policy``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_PATH_IN_MESSAGE = re.compile(r"cannot read image '(.+?)'")
 
 
 class ImageReadError(OSError):
-    """An image file that cannot be decoded; ``path`` names it."""
+    """An image file that cannot be decoded; ``path`` names it.
 
-    def __init__(self, path: str, reason: str) -> None:
+    Also constructible from one message: a DataLoader worker re-raises an exception in the main
+    process by calling its class with the formatted traceback, and that keeps this type (and the
+    file name, which the message holds) instead of degrading to a bare ``RuntimeError``.
+    """
+
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        if reason is None:
+            super().__init__(path)
+            found = _PATH_IN_MESSAGE.search(path)
+            self.path = found.group(1) if found else ""
+            self.reason = path
+            return
         super().__init__(f"cannot read image '{path}': {reason}")
         self.path = path
         self.reason = reason
@@ -40,10 +54,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str, policy: str = "fail") -> Image.Image:
-    """Decode ``path`` to an RGB PIL image, or raise :class:`ImageReadError` naming it."""
-    if policy not in ("fail",):
-        raise ValueError(f"image policy must be 'fail', got '{policy}'")
+def read_image(path: str) -> Image.Image:
+    """Decode ``path`` to an RGB PIL image, or raise :class:`ImageReadError` naming it.
+
+    The format is read from the file's content, so a PNG named ``.jpg`` decodes; truncated files
+    and images larger than PIL's decompression-bomb limit are refused.
+    """
     if not os.path.isfile(path):
         raise ImageReadError(path, "file does not exist")
     if os.path.getsize(path) == 0:
@@ -54,3 +70,5 @@ def read_image(path: str, policy: str = "fail") -> Image.Image:
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # an Exception, not an OSError
+        raise ImageReadError(path, f"image too large: {exc}") from exc

@@ -137,8 +137,9 @@ class RandomIdentitySampler(EpochSampler):
         self.pids = sorted(self.by_pid)
         if len(self.pids) < self.ids_per_batch:
             raise ValueError(
-                f"a batch of {batch_size} with {num_instances} instances per identity needs "
-                f"{self.ids_per_batch} identities, but the training set has {len(self.pids)}"
+                f"a batch of {batch_size} (train.batch_size) with {num_instances} instances per "
+                f"identity (sampler.num_instances) needs {self.ids_per_batch} identities, but the "
+                f"training set has {len(self.pids)}"
             )
 
     def _ordered_instances(self, pid: int, rng: np.random.Generator) -> list[int]:

@@ -4,50 +4,102 @@ A checkpoint is a dict whose ``state_dict`` holds the model weights (so torchrei
 ``load_pretrained_weights`` reads it) and whose other keys hold everything a resume needs.
 Files are written to a temporary sibling, fsynced, then renamed over the target: a crash or a full
 disk at any moment leaves either the old complete file or the new complete file, never half.
+
+:func:`fault_point` is the fault tests' hook: with the environment variable ``CSGN_FAULT_KILL``
+set to ``POINT:N`` (or ``POINT:N:RANK``), the process SIGKILLs itself the N-th time it passes
+``POINT`` (``stage1_epoch``, ``train_step``, ``checkpoint_write``): a ``kill -9`` at an exact
+place. Unset, it costs one environment lookup.
 """
 
 from __future__ import annotations
 
+import errno as errno_codes
+import glob
 import os
 import random
-import tempfile
+import shutil
+import signal
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from ..compat import load_checkpoint
 
+FAULT_ENV = "CSGN_FAULT_KILL"
+_fault_passes: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process here when ``CSGN_FAULT_KILL`` asks for it (tests only)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, count, *rank = spec.split(":")
+    if point != name or (rank and rank[0] != os.environ.get("RANK", "0")):
+        return
+    _fault_passes[name] = _fault_passes.get(name, 0) + 1
+    if _fault_passes[name] == int(count):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the file it was to replace is untouched."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's weights do not fit the model (refused, nothing loaded)."""
+
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename)."""
+    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename).
+
+    Any failure (full disk, quota, an object that cannot be saved) removes the temporary file
+    and raises :class:`CheckpointWriteError`; ``path`` keeps its previous content. Temporary
+    files left by writers killed mid-write are removed after the next successful save.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    base = os.path.basename(path)
+    tmp = os.path.join(directory, f"{base}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        # os.open with 0o666 honours the umask (mkstemp would make the checkpoint owner-only)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(obj, f)
+            fault_point("checkpoint_write")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise OSError(
-                exc.errno,
-                f"could not write checkpoint '{path}' ({exc.strerror}); the previous "
-                "checkpoint, if any, is intact",
-            ) from exc
-        raise
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: pass through
+            raise
+        # torch's writer turns a failed write (ENOSPC, EFBIG) into a RuntimeError; the OSError
+        # it caught is its context
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        code = cause.errno if isinstance(cause, OSError) and cause.errno else errno_codes.EIO
+        detail = f"{type(cause or exc).__name__}: {cause or exc}"
+        free = shutil.disk_usage(directory).free / 2**20
+        raise CheckpointWriteError(
+            code,
+            f"could not write checkpoint '{path}' ({detail}); the previous checkpoint, if any, "
+            f"is intact ({free:.0f} MiB free in '{directory}')",
+        ) from exc
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(base) + ".*.tmp")):
+        os.remove(stale)
 
 
 def rng_state() -> dict:
@@ -96,9 +148,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
-    def summary(self) -> str:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+    def summary(self, limit: int = 20) -> str:
+        """Counts, and the names of up to ``limit`` keys of every kind that did not load."""
+
+        def some(keys: list[str]) -> str:
+            more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+            return ", ".join(keys[:limit]) + more
 
         lines = [f"loaded {len(self.loaded)} tensors"]
         for name, keys in (
@@ -107,7 +162,7 @@ class LoadReport:
             ("unexpected (not in the model)", self.unexpected),
         ):
             if keys:
-                lines.append(f"{name}: {few(keys)}")
+                lines.append(f"{name}: {some(keys)}")
         return "; ".join(lines)
 
     @property
@@ -123,13 +178,8 @@ def extract_state_dict(checkpoint: Any, path: str = "") -> dict:
     return OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in state.items())
 
 
-def load_weights(model: nn.Module, path: str, strict: bool = False) -> LoadReport:
-    """Load the weights stored in ``path`` into ``model`` and say exactly what happened.
-
-    Tensors whose names and shapes match are loaded; the rest are reported. With ``strict``,
-    anything short of a complete match raises before the model is touched.
-    """
-    source = extract_state_dict(load_checkpoint(path), path)
+def match_state_dict(model: nn.Module, source: dict) -> tuple[OrderedDict, LoadReport]:
+    """The tensors of ``source`` that fit ``model`` by name and shape, and the full report."""
     target = model.state_dict()
     report = LoadReport()
     matched = OrderedDict()
@@ -144,9 +194,37 @@ def load_weights(model: nn.Module, path: str, strict: bool = False) -> LoadRepor
             matched[key] = value
             report.loaded.append(key)
     report.missing = [key for key in target if key not in source]
+    return matched, report
+
+
+def load_weights(model: nn.Module, path: str, strict: bool = False) -> LoadReport:
+    """Load the weights stored in ``path`` into ``model`` and say exactly what happened.
+
+    Tensors whose names and shapes match are loaded; the rest are reported. With ``strict``
+    (``model.strict_load``), anything short of a complete match raises
+    :class:`CheckpointMismatchError` before the model is touched; a file none of whose tensors
+    fit is refused either way.
+    """
+    matched, report = match_state_dict(model, extract_state_dict(load_checkpoint(path), path))
     if strict and not report.complete:
-        raise RuntimeError(f"strict loading of '{path}' refused: {report.summary()}")
+        raise CheckpointMismatchError(f"strict loading of '{path}' refused: {report.summary()}")
     if not matched:
-        raise RuntimeError(f"no tensor of '{path}' fits the model: {report.summary()}")
+        raise CheckpointMismatchError(f"no tensor of '{path}' fits the model: {report.summary()}")
     model.load_state_dict(matched, strict=False)
     return report
+
+
+def config_differences(saved: str, current: str, limit: int = 10) -> list[str]:
+    """``key: saved -> current`` for the config values two YAML dumps disagree on."""
+
+    def flat(node: Any, prefix: str = "") -> dict:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        out: dict = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out
+
+    a, b = flat(yaml.safe_load(saved) or {}), flat(yaml.safe_load(current) or {})
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]

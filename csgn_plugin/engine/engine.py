@@ -8,7 +8,11 @@ re-ranking) and changes what torchreid gets wrong for this work:
 * one ``forward_backward`` trains torchreid baselines (logits, or logits + features) and CSGN
   (a dict: ID logits, triplet features, the projected feature for HSF);
 * mixed precision (bf16, or fp16 with a gradient scaler), no host synchronisation per iteration
-  (losses are read every ``print_freq`` steps), NaN/Inf detection;
+  (losses are read every ``print_freq`` steps), NaN/Inf detection (``nan_policy``): a run stops
+  within one logging window and never writes a checkpoint from non-finite weights;
+* failures that say what to change: out-of-memory errors name the batch size, unreadable images
+  replaced under ``cc_data.image_policy 'skip'`` are counted per epoch / evaluation and listed in
+  ``save_dir/unreadable_images.txt``;
 * evaluation reports every protocol the dataset declares (general / CC / SC) in one table,
   memory-bounded (distances computed per query chunk), keeps the best checkpoint by a metric;
 * frozen parameters stay frozen (torchreid's ``open_all_layers`` re-opens them every epoch),
@@ -23,7 +27,8 @@ import datetime
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +50,16 @@ from ..evaluation import (
 from ..evaluation.pooling import average_clip_features
 from ..losses import HSFLoss
 from ..losses.triplet import HardTripletLoss
-from .checkpoint import atomic_save, rng_state, set_rng_state
+from .checkpoint import (
+    CheckpointMismatchError,
+    atomic_save,
+    config_differences,
+    extract_state_dict,
+    fault_point,
+    match_state_dict,
+    rng_state,
+    set_rng_state,
+)
 from .stages import Stage
 
 tr = torchreid_api()
@@ -125,7 +139,7 @@ class CCEngine(tr.engine.Engine):
         self.register_model("model", model, optimizer, scheduler)
         self.stages = list(stages)
         self.text_bank: dict[str, torch.Tensor] | None = None
-        self.scaler = torch.amp.GradScaler("cuda") if self.options.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.options.amp == "fp16" else None
         loss = self.options.loss
         self.triplet = HardTripletLoss(loss.margin)
         self.hsf = HSFLoss(weights=dict(loss.hsf_weights), label_smoothing=loss.label_smooth)
@@ -139,6 +153,8 @@ class CCEngine(tr.engine.Engine):
         self.history: dict[str, list] = {}
         self.last_results: dict[str, dict[str, RankResult]] = {}
         self.skipped_steps = 0
+        # unreadable images replaced under cc_data.image_policy 'skip': split -> path -> times
+        self.unreadable: dict[str, Counter] = {}
 
     # ------------------------------------------------------------------ runtime helpers
     @property
@@ -194,6 +210,65 @@ class CCEngine(tr.engine.Engine):
             "runtime.amp 'bf16' or 'off', or set runtime.nan_policy 'skip'."
         )
 
+    def check_weights_finite(self) -> None:
+        """Refuse to checkpoint NaN/Inf weights (a step can break them with a finite loss)."""
+        state = self.unwrapped_model.state_dict()
+        tensors = {k: v for k, v in state.items() if v.is_floating_point()}
+        if not tensors or torch.stack([v.isfinite().all() for v in tensors.values()]).all():
+            return
+        bad = [k for k, v in tensors.items() if not v.isfinite().all()]
+        raise NonFiniteLossError(
+            f"non-finite weights after step {self.global_step} ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); no checkpoint written: the last checkpoint in "
+            f"'{self.options.save_dir}' is the last good state. Lower the learning rate or use "
+            "runtime.amp 'bf16' or 'off'."
+        )
+
+    @contextlib.contextmanager
+    def explain_out_of_memory(self, what: str, batch: str, advice: str) -> Iterator[None]:
+        """Re-raise a GPU out-of-memory error with the batch size and what to change."""
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            height, width = self.datamanager.height, self.datamanager.width
+            raise torch.OutOfMemoryError(
+                f"out of GPU memory in {what} ({batch}, images {height}x{width}, "
+                f"amp '{self.options.amp}'). To fit: {advice}. Original error: {exc}"
+            ) from exc
+
+    def _train_oom_context(self) -> contextlib.AbstractContextManager:
+        per_process = self.datamanager.train_loader.batch_size
+        total = per_process * self.options.world_size
+        return self.explain_out_of_memory(
+            "a training step",
+            f"train.batch_size={total}, {per_process} per process",
+            "lower train.batch_size (keep it a multiple of sampler.num_instances; scale train.lr "
+            "with it), use runtime.amp 'bf16' (or 'fp16'), lower data.height/data.width, or "
+            "spread the batch over more GPUs with torchrun",
+        )
+
+    @staticmethod
+    def unreadable_paths(data: dict) -> list[str]:
+        """The unreadable images whose items a batch replaced (``cc_data.image_policy 'skip'``
+        flags them in the batch, whichever loader process read them)."""
+        return [p for p in data.get("unreadable_path", ()) if p]
+
+    def report_unreadable(self, paths: list[str], split: str, where: str) -> None:
+        """Count what a pass over ``split`` replaced (all ranks' items) and warn once."""
+        if self.options.world_size > 1:
+            parts: list[Any] = [None] * self.options.world_size
+            dist.all_gather_object(parts, paths)
+            paths = [p for part in parts for p in part]
+        if not paths:
+            return
+        self.unreadable.setdefault(split, Counter()).update(paths)
+        files = sorted(set(paths))
+        self.log(
+            f"Warning: {where}: {len(paths)} item(s) replaced by another image of the same "
+            f"identity because {len(files)} image(s) cannot be read (cc_data.image_policy "
+            f"'skip'): {', '.join(files[:10])}{', ...' if len(files) > 10 else ''}"
+        )
+
     # ------------------------------------------------------------------ losses and one step
     def compute_losses(
         self, outputs: Any, pids: torch.Tensor
@@ -225,6 +300,10 @@ class CCEngine(tr.engine.Engine):
         return total, terms
 
     def forward_backward(self, data: dict) -> dict[str, torch.Tensor]:
+        with self._train_oom_context():
+            return self._step(data)
+
+    def _step(self, data: dict) -> dict[str, torch.Tensor]:
         imgs = data["img"].to(self.device, non_blocking=True)
         pids = data["pid"].to(self.device, non_blocking=True)
         if self.options.channels_last and imgs.dim() == 4:
@@ -236,9 +315,14 @@ class CCEngine(tr.engine.Engine):
                 outputs = self.model(imgs)
             loss, terms = self.compute_losses(outputs, pids)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.options.nan_policy == "skip" and not torch.isfinite(loss):
+        if self.options.nan_policy == "skip" and not self._finite_on_all_ranks(loss):
             self.skipped_steps += 1
-            self.log(f"Warning: skipped step {self.global_step} with a non-finite loss")
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            self.log(
+                f"Warning: skipped step {self.global_step + 1} (epoch {self.epoch + 1} batch "
+                f"{self.batch_idx + 1}) with a non-finite loss ({detail}); runtime.nan_policy "
+                "'skip'"
+            )
             return {k: torch.zeros_like(v).detach() for k, v in terms.items()}
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -248,6 +332,14 @@ class CCEngine(tr.engine.Engine):
             loss.backward()
             self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
+
+    def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite (all ranks must skip a step together, or the
+        others would wait forever in the gradient all-reduce)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.options.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
 
     # ------------------------------------------------------------------ training
     def two_stepped_transfer_learning(
@@ -274,26 +366,46 @@ class CCEngine(tr.engine.Engine):
         sums: dict[str, torch.Tensor] = {}
         count = 0
         window_start = time.time()
+        unreadable: list[str] = []
         for batch_idx, data in enumerate(self.train_loader, self.start_batch):
             self.batch_idx = batch_idx
+            unreadable += self.unreadable_paths(data)
             terms = self.forward_backward(data)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
             self.global_step += 1
+            fault_point("train_step")
             every = self.options.checkpoint_iters
             if every and self.global_step % every == 0 and self.batch_idx + 1 < self.num_batches:
+                self._window_means(sums, count)  # no checkpoint after a non-finite loss
                 self.save_checkpoint("last", batch=self.batch_idx + 1)
             if (self.batch_idx + 1) % print_freq == 0 or self.batch_idx + 1 == self.num_batches:
                 self._log_window(sums, count, time.time() - window_start)
                 sums, count, window_start = {}, 0, time.time()
+        self.report_unreadable(unreadable, "train", f"epoch {self.epoch + 1}")
         self.start_batch = 0
         self.update_lr()
 
-    def _log_window(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> None:
-        means = {k: (v / count).item() for k, v in sums.items()}  # the one host sync per window
+    def _window_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Mean loss terms of the current window (over all ranks); raises if non-finite."""
+        names = list(sums)
+        stacked = torch.stack([sums[k].float() for k in names]) / count
+        if self.options.world_size > 1:  # every rank sees the same means and stops together
+            dist.all_reduce(stacked)
+            stacked /= self.options.world_size
+        means = dict(zip(names, stacked.tolist()))  # the one host sync per window
         total = sum(v for k, v in means.items() if not k.startswith("hsf_"))
-        self.check_finite(total, f"epoch {self.epoch + 1} batch {self.batch_idx + 1}", means)
+        first_batch, first_step = self.batch_idx + 2 - count, self.global_step + 1 - count
+        where = (
+            f"epoch {self.epoch + 1} batches {first_batch}-{self.batch_idx + 1} "
+            f"(steps {first_step}-{self.global_step})"
+        )
+        self.check_finite(total, where, means)
+        return means
+
+    def _log_window(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> None:
+        means = self._window_means(sums, count)
         for k, v in means.items():
             self.record(f"Train/{k}", self.global_step, v)
         self.record("Train/lr", self.global_step, self.get_current_lr())
@@ -336,6 +448,7 @@ class CCEngine(tr.engine.Engine):
         }
         if test_only:
             self.test(**test_kwargs)
+            self._write_unreadable_list(save_dir)
             return
         if self.writer is None and self.is_main:
             self.writer = _summary_writer(save_dir)
@@ -364,6 +477,7 @@ class CCEngine(tr.engine.Engine):
             self.test(**test_kwargs)
         elapsed = datetime.timedelta(seconds=round(time.time() - started))
         self.log(f"Elapsed {elapsed}")
+        self._write_unreadable_list(save_dir)
         if self.options.plot and self.is_main:
             from .plots import plot_history
 
@@ -378,34 +492,38 @@ class CCEngine(tr.engine.Engine):
         """Features and labels of a test split, in dataset order (gathered over ranks).
 
         Video items are (B, S, C, H, W): frame features are pooled per item; a dataset tested
-        on clips (batches carry ``video_index``) then averages its clips per tracklet."""
-        feats, pids, camids, clothes, video_index = [], [], [], [], []
-        for data in self.shard(loader):
-            imgs = data["img"].to(self.device, non_blocking=True)
-            cams = data["camid"].to(self.device, non_blocking=True)
-            video = imgs.dim() == 5
-            if video:
-                b, s = imgs.shape[:2]
-                imgs = imgs.flatten(0, 1)
-                cams = cams.repeat_interleave(s)
-            if self.options.channels_last:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                out = self.model(imgs, cams) if self._takes_camids else self.model(imgs)
-            out = out.float()
-            if video:
-                out = out.view(b, s, -1)
-                out = out.max(dim=1)[0] if self.options.pooling == "max" else out.mean(dim=1)
-            feats.append(out)
-            pids.append(data["pid"])
-            camids.append(data["camid"])
-            clothes.append(data.get("clothes_id", torch.full_like(data["pid"], -1)))
-            if "video_index" in data:
-                video_index.append(data["video_index"])
+        on clips (batches carry ``video_index``) then averages its clips per tracklet. Items whose
+        image could not be read (``cc_data.image_policy 'skip'``) are left out; ``labels['kept']``
+        holds the dataset indices of the items kept."""
+        feats, pids, camids, clothes, video_index, unreadable = [], [], [], [], [], []
+        oom = self.explain_out_of_memory(
+            "feature extraction",
+            f"test.batch_size={loader.batch_size}",
+            "lower test.batch_size or use runtime.amp 'bf16'",
+        )
+        with oom:
+            for data in self.shard(loader):
+                feats.append(self._extract_batch(data))
+                flags = data.get("unreadable_path")
+                unreadable.append(
+                    torch.tensor([bool(p) for p in flags], dtype=torch.bool)
+                    if flags is not None
+                    else torch.zeros(len(data["pid"]), dtype=torch.bool)
+                )
+                pids.append(data["pid"])
+                camids.append(data["camid"])
+                clothes.append(data.get("clothes_id", torch.full_like(data["pid"], -1)))
+                if "video_index" in data:
+                    video_index.append(data["video_index"])
         features = self.gather(torch.cat(feats))
         labels = {
             key: self.gather(torch.cat(values))
-            for key, values in (("pids", pids), ("camids", camids), ("clothes", clothes))
+            for key, values in (
+                ("pids", pids),
+                ("camids", camids),
+                ("clothes", clothes),
+                ("unreadable", unreadable),
+            )
         }
         if video_index:
             index = self.gather(torch.cat(video_index))
@@ -416,7 +534,30 @@ class CCEngine(tr.engine.Engine):
                 0, index, positions, reduce="amin"
             )
             labels = {key: value[first] for key, value in labels.items()}
+        kept = torch.nonzero(~labels.pop("unreadable")).flatten()
+        if len(kept) < len(features):
+            features = features[kept.to(features.device)]
+            labels = {key: value[kept] for key, value in labels.items()}
+        labels["kept"] = kept
         return features, {key: value.numpy() for key, value in labels.items()}
+
+    def _extract_batch(self, data: dict) -> torch.Tensor:
+        imgs = data["img"].to(self.device, non_blocking=True)
+        cams = data["camid"].to(self.device, non_blocking=True)
+        video = imgs.dim() == 5
+        if video:
+            b, s = imgs.shape[:2]
+            imgs = imgs.flatten(0, 1)
+            cams = cams.repeat_interleave(s)
+        if self.options.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            out = self.model(imgs, cams) if self._takes_camids else self.model(imgs)
+        out = out.float()
+        if video:
+            out = out.view(b, s, -1)
+            out = out.max(dim=1)[0] if self.options.pooling == "max" else out.mean(dim=1)
+        return out
 
     def protocols_for(self, name: str) -> list[str]:
         declared = list(self.datamanager.protocols.get(name, ("general",)))
@@ -447,6 +588,17 @@ class CCEngine(tr.engine.Engine):
             f"Extracted {qf.shape[0]} query and {gf.shape[0]} gallery features "
             f"({qf.shape[1]}-d) in {time.time() - started:.1f}s"
         )
+        items = self.datamanager.test_dataset[name]
+        for split, kept in (("query", q["kept"]), ("gallery", g["kept"])):
+            left_out = np.setdiff1d(np.arange(len(items[split])), kept)
+            paths = [items[split][i][0] for i in left_out]
+            if paths:
+                self.unreadable.setdefault(f"{name} {split}", Counter()).update(paths)
+                self.log(
+                    f"Warning: {name}: {len(paths)} {split} image(s) cannot be read and are left "
+                    f"out of the evaluation (cc_data.image_policy 'skip'): "
+                    f"{', '.join(paths[:10])}{', ...' if len(paths) > 10 else ''}"
+                )
         protocols = self.protocols_for(name)
         if any(p != "general" for p in protocols) and (q["clothes"] < 0).any():
             raise ValueError(
@@ -475,9 +627,10 @@ class CCEngine(tr.engine.Engine):
                         distmat, *labels, mode=mode, max_rank=opts.max_rank
                     )
             if visrank and self.is_main:
+                query, gallery = self.datamanager.fetch_test_loaders(name)
                 tr.utils.visualize_ranked_results(
                     np.asarray(distmat.cpu() if torch.is_tensor(distmat) else distmat),
-                    self.datamanager.fetch_test_loaders(name),
+                    ([query[i] for i in q["kept"]], [gallery[i] for i in g["kept"]]),
                     self.datamanager.data_type,
                     width=self.datamanager.width,
                     height=self.datamanager.height,
@@ -485,16 +638,19 @@ class CCEngine(tr.engine.Engine):
                     topk=visrank_topk,
                 )
             return results
-        return evaluate_features(
-            qf,
-            gf,
-            *labels,
-            modes=tuple(protocols),
-            metric=dist_metric,
-            normalize=normalize_feature,
-            max_rank=opts.max_rank,
-            chunk_size=opts.chunk_size,
-        )
+        with self.explain_out_of_memory(
+            "ranking", f"cc_eval.chunk_size={opts.chunk_size} queries at a time", "lower it"
+        ):
+            return evaluate_features(
+                qf,
+                gf,
+                *labels,
+                modes=tuple(protocols),
+                metric=dist_metric,
+                normalize=normalize_feature,
+                max_rank=opts.max_rank,
+                chunk_size=opts.chunk_size,
+            )
 
     def _rerank(
         self, distmat: Any, qf: torch.Tensor, gf: torch.Tensor, metric: str, normalize: bool
@@ -587,11 +743,14 @@ class CCEngine(tr.engine.Engine):
             "rng": rng_state(),
             "best": self.best,
             "history": self.history,
+            "unreadable": {split: dict(counts) for split, counts in self.unreadable.items()},
             "config": self.options.config_dump,
         }
 
     def save_checkpoint(self, which: str, epoch_done: bool = False, batch: int = 0) -> None:
-        """Write ``save_dir/checkpoints/{which}.pth`` atomically (rank 0 only)."""
+        """Write ``save_dir/checkpoints/{which}.pth`` atomically (rank 0 only), never from
+        non-finite weights (every rank checks, so all stop together)."""
+        self.check_weights_finite()
         if self.is_main:
             path = os.path.join(self.options.save_dir, "checkpoints", f"{which}.pth")
             atomic_save(self.state(epoch_done, batch), path)
@@ -613,7 +772,7 @@ class CCEngine(tr.engine.Engine):
                 f"'{path}' is not a full training checkpoint of this plugin (missing "
                 f"{missing}); to start from its weights use model.load_weights instead"
             )
-        self.unwrapped_model.load_state_dict(state["state_dict"])
+        self._load_exact_weights(extract_state_dict(state, path), path, state.get("config", ""))
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -629,7 +788,38 @@ class CCEngine(tr.engine.Engine):
         self.global_step = int(state["global_step"])
         self.best = state["best"]
         self.history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}
-        self.log(f"=> Resumed from '{path}' at epoch {self.start_epoch}")
+        self.unreadable = {k: Counter(v) for k, v in state.get("unreadable", {}).items()}
+        self.log(
+            f"=> Resumed from '{path}': continuing at epoch {self.start_epoch + 1} batch "
+            f"{self.start_batch + 1} (after {self.global_step} steps)"
+        )
+
+    def _load_exact_weights(self, weights: dict, path: str, saved_config: str) -> None:
+        """A resume restores every weight or nothing: refuse, naming the keys and the config
+        values that differ, when the checkpoint was written for another model."""
+        matched, report = match_state_dict(self.unwrapped_model, weights)
+        if not report.complete:
+            changed = config_differences(saved_config, self.options.config_dump)
+            reason = f"; config values that differ: {'; '.join(changed)}" if changed else ""
+            raise CheckpointMismatchError(
+                f"cannot resume from '{path}': its weights do not fit this model "
+                f"({report.summary()}){reason}. Resume with the config it was written with, or "
+                "start from its weights with model.load_weights"
+            )
+        self.unwrapped_model.load_state_dict(matched)
+
+    def _write_unreadable_list(self, save_dir: str) -> None:
+        """Every image replaced or left out during the run, in ``unreadable_images.txt``."""
+        if not self.unreadable or not self.is_main:
+            return
+        path = os.path.join(save_dir, "unreadable_images.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("# split\ttimes replaced or left out\tpath (cc_data.image_policy 'skip')\n")
+            for split, counts in sorted(self.unreadable.items()):
+                for image, times in sorted(counts.items()):
+                    f.write(f"{split}\t{times}\t{image}\n")
+        total = sum(len(c) for c in self.unreadable.values())
+        self.log(f"Warning: {total} unreadable image(s) in this run; the list is in '{path}'")
 
 
 def _summary_writer(log_dir: str) -> Any:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..losses import MutualLoss
+from .checkpoint import fault_point
 
 if TYPE_CHECKING:
     from .engine import CCEngine
@@ -101,15 +102,24 @@ class PromptStage(Stage):
         loader = engine.datamanager.train_loader_for_features(self.options.feature_batch_size)
         feats: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
         pids = []
+        unreadable: list[str] = []
         start = time.time()
-        for data in engine.shard(loader):
-            imgs = data["img"].to(engine.device, non_blocking=True)
-            camids = data["camid"].to(engine.device, non_blocking=True)
-            with engine.autocast():
-                for modality in model.modalities:
-                    batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
-                    feats[modality].append(model.prompt_image_features(batch, camids).float())
-            pids.append(data["pid"].to(engine.device))
+        oom = engine.explain_out_of_memory(
+            "the stage-1 feature cache",
+            f"test.batch_size={loader.batch_size}",
+            "lower test.batch_size or use runtime.amp 'bf16'",
+        )
+        with oom:
+            for data in engine.shard(loader):
+                unreadable += engine.unreadable_paths(data)
+                imgs = data["img"].to(engine.device, non_blocking=True)
+                camids = data["camid"].to(engine.device, non_blocking=True)
+                with engine.autocast():
+                    for modality in model.modalities:
+                        batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
+                        feats[modality].append(model.prompt_image_features(batch, camids).float())
+                pids.append(data["pid"].to(engine.device))
+        engine.report_unreadable(unreadable, "train", "stage 1 feature cache")
         cached = {m: engine.gather(torch.cat(f)) for m, f in feats.items()}
         labels = engine.gather(torch.cat(pids))
         engine.log(
@@ -130,6 +140,26 @@ class PromptStage(Stage):
         criterion = MutualLoss(cross_modal_weight=opts.cross_modal_weight)
         n = len(labels)
         engine.log(f"=> Stage 1 (prompt learning): {opts.max_epoch} epochs, {n} samples")
+        oom = engine.explain_out_of_memory(
+            "stage-1 prompt learning",
+            f"stage1.batch_size={opts.batch_size}",
+            "lower stage1.batch_size or use runtime.amp 'bf16'",
+        )
+        with oom:
+            self._train_prompts(engine, cached, labels, optimizer, criterion)
+        self.optimizer_state = None  # not needed once finished; keeps checkpoints small
+
+    def _train_prompts(
+        self,
+        engine: CCEngine,
+        cached: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        criterion: MutualLoss,
+    ) -> None:
+        opts = self.options
+        model = engine.unwrapped_model
+        n = len(labels)
         while self.epoch < opts.max_epoch:
             factor = cosine_with_warmup(
                 self.epoch, opts.max_epoch, opts.warmup_epochs, opts.warmup_factor
@@ -151,6 +181,7 @@ class PromptStage(Stage):
                 optimizer.step()
                 total += loss.detach()
             self.epoch += 1
+            fault_point("stage1_epoch")
             self.optimizer_state = optimizer.state_dict()
             mean = (total / max(1, n // opts.batch_size)).item()
             engine.check_finite(mean, f"stage 1 epoch {self.epoch}", {"mutual": mean})
@@ -161,9 +192,9 @@ class PromptStage(Stage):
                     f"lr {opts.lr * factor:.2e}"
                 )
             self.finished = self.epoch >= opts.max_epoch
-            if self.finished or self.epoch % engine.options.checkpoint_period == 0:
+            period = engine.options.checkpoint_period  # 0: only when the stage ends
+            if self.finished or (period > 0 and self.epoch % period == 0):
                 engine.save_checkpoint("last")
-        self.optimizer_state = None  # not needed once finished; keeps checkpoints small
 
     @torch.no_grad()
     def attach(self, engine: CCEngine) -> None:

@@ -1,0 +1,140 @@
+"""Bad checkpoints: another model, another number of ids, another prompt length, a truncated
+file, an old torchreid checkpoint. Loading reports exactly which keys were loaded, skipped and
+missing; strict loading and resuming refuse, with the reason, before anything is changed."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from test_faults_support import checkpoint, opts
+
+from csgn_plugin.compat import torchreid_api
+from csgn_plugin.engine.checkpoint import CheckpointMismatchError, atomic_save, load_weights
+from csgn_plugin.launcher import main
+from csgn_plugin.modeling import CSGN, preset_config
+
+tr = torchreid_api()
+TINY = {"vit_arch": "csgn-tiny-vit", "resnet_arch": "csgn-tiny-rn", "image_size": (64, 32)}
+
+
+def tiny_csgn(num_ids=8, **overrides):
+    return CSGN(preset_config("csgn", **TINY, **overrides), num_ids)
+
+
+def save_weights(model, path):
+    atomic_save({"state_dict": model.state_dict(), "epoch": 1}, str(path))
+    return str(path)
+
+
+def differing_shapes(a, b):
+    """Independent expectation: the keys of both models whose shapes differ."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sorted(k for k in sa.keys() & sb.keys() if sa[k].shape != sb[k].shape)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "expected"),
+    [
+        ("other_ids", {"num_ids": 6}, ["classifiers.global", "classifiers.proj", "ctx.rgb"]),
+        ("other_prompt", {"prompt_n_ctx": 8}, ["ctx.gray", "ctx.rgb", "token_suffix"]),
+    ],
+)
+def test_a_checkpoint_of_another_configuration_is_reported_key_by_key(
+    tmp_path, name, overrides, expected
+):
+    torch.manual_seed(1)
+    source = tiny_csgn()
+    path = save_weights(source, tmp_path / f"{name}.pth")
+    target = tiny_csgn(**overrides)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    skipped = differing_shapes(source, target)
+    assert all(any(e in k for k in skipped) for e in expected)
+
+    with pytest.raises(CheckpointMismatchError, match=re.escape(path) + ".*refused") as err:
+        load_weights(target, path, strict=True)
+    assert all(k in str(err.value) for k in skipped)  # the reason: every differing key
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
+
+    report = load_weights(target, path)
+    assert sorted(k.split(" ")[0] for k in report.shape_mismatch) == skipped
+    assert sorted(report.loaded) == sorted(set(source.state_dict()) - set(skipped))
+    assert report.missing == [] and report.unexpected == []
+    for key in report.loaded:
+        assert torch.equal(target.state_dict()[key], source.state_dict()[key]), key
+    for key in skipped:
+        assert torch.equal(target.state_dict()[key], before[key]), key
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    osnet = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
+    path = save_weights(osnet, tmp_path / "osnet.pth")
+    with pytest.raises(CheckpointMismatchError, match="no tensor of .* fits the model"):
+        load_weights(tiny_csgn(), path)
+
+
+def test_truncated_and_empty_files_are_refused_naming_the_file(tmp_path):
+    path = save_weights(tiny_csgn(), tmp_path / "whole.pth")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(open(path, "rb").read()[: os.path.getsize(path) // 2])
+    with pytest.raises(RuntimeError, match=r"cut\.pth.*truncated or not a torch file"):
+        load_weights(tiny_csgn(), str(cut))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"empty\.pth.*0 bytes"):
+        load_weights(tiny_csgn(), str(tmp_path / "empty.pth"))
+
+
+def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp_path):
+    """torchreid's own save_checkpoint (DataParallel 'module.' names, numpy rank-1), written in
+    torch's legacy (pre-1.6, non-zip) format."""
+    source = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
+    state = {
+        "state_dict": {"module." + k: v for k, v in source.state_dict().items()},
+        "epoch": 3,
+        "rank1": np.float32(0.5),
+        "optimizer": None,
+    }
+    old = tmp_path / "model.pth.tar-3"
+    torch.save(state, old, _use_new_zipfile_serialization=False)
+    target = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
+    report = load_weights(target, str(old), strict=True)
+    assert report.complete and len(report.loaded) == len(source.state_dict())
+    assert torch.equal(target.conv1.conv.weight, source.conv1.conv.weight)
+
+    save = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="not a full training checkpoint.*model.load_weights"):
+        main(opts(tmp_path / "data", save, "osnet", "model.resume", str(old)))
+
+
+def test_strict_load_through_the_launcher_refuses_before_training(tmp_path, capsys):
+    six_ids = save_weights(
+        tr.models.build_model("osnet_x0_25", num_classes=6, pretrained=False), tmp_path / "w.pth"
+    )
+    save = tmp_path / "strict"
+    args = opts(tmp_path / "data", save, "osnet", "model.load_weights", six_ids)
+    with pytest.raises(CheckpointMismatchError, match="classifier.weight"):
+        main([*args, "model.strict_load", "True"])
+    assert not os.path.exists(save / "checkpoints")  # refused before any training step
+    main([*args, "train.max_epoch", "1"])  # not strict: loads what fits, says what it skipped
+    out = capsys.readouterr().out
+    assert re.search(r"=> Weights from .*skipped \(shape differs\): classifier\.weight", out)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration_naming_the_keys(tmp_path):
+    save = tmp_path / "run"
+    short = ["train.max_epoch", "1", "stage1.max_epoch", "1"]
+    main(opts(tmp_path / "data", save, "csgn", *short))
+    before = checkpoint(save)
+    with pytest.raises(CheckpointMismatchError) as err:
+        main(opts(tmp_path / "data", save, "csgn", *short, "csgn.prompt_n_ctx", "8",
+                  "model.resume", "auto"))  # fmt: skip
+    message = str(err.value)
+    assert "prompt_learner.ctx.rgb" in message  # which weights do not fit
+    assert "csgn.prompt_n_ctx: 4 -> 8" in message  # and the config value that explains it
+    assert checkpoint(save)["global_step"] == before["global_step"]  # nothing overwritten
+
+    cut = save / "checkpoints" / "last.pth"
+    cut.write_bytes(cut.read_bytes()[:1000])  # e.g. a copy that stopped half-way
+    with pytest.raises(RuntimeError, match=r"last\.pth.*truncated"):
+        main(opts(tmp_path / "data", save, "csgn", *short, "model.resume", "auto"))

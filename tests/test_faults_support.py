@@ -1,0 +1,117 @@
+"""Shared helpers of the fault-injection tests (tests/test_faults_*.py); holds no test itself.
+
+Runs are the tiny SynthCC preset at 64x32 on the CPU, through the launcher that tools/train.py
+runs: in-process (``main``) where the fault is injected in Python, as a subprocess where the
+process itself must die (``kill -9``) or be one of several DDP ranks.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+
+from csgn_plugin.compat import load_checkpoint
+from csgn_plugin.data.synth import ensure_synthcc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "tools", "train.py")
+
+# what every run shares: tiny data, small images, no plots, no visrank, CPU
+COMMON = [
+    "data.height", "64", "data.width", "32", "data.workers", "0",
+    "cc_data.synthcc_preset", "tiny", "train.batch_size", "16", "train.max_epoch", "2",
+    "train.print_freq", "2", "test.eval_freq", "-1", "test.visrank", "False",
+    "runtime.plot", "False", "runtime.device", "cpu",
+]  # fmt: skip
+# tiny CSGN, both stages: 3 prompt epochs, then 2 epochs of 4 and 5 steps
+CSGN = [
+    "stage1.max_epoch", "3", "stage1.batch_size", "16", "stage1.warmup_epochs", "1",
+    "stage1.print_freq", "1", "train.warmup_epochs", "0",
+]  # fmt: skip
+# checkpoint files that must be present for a resume to be exact
+STATE_KEYS = {"state_dict", "epoch", "batch", "global_step", "optimizer", "stages", "rng"}
+
+
+def opts(data_root, save_dir, model="osnet", *extra):
+    """Launcher arguments of a tiny run of 'osnet' (OSNet x0.25, softmax + triplet) or 'csgn'."""
+    config = "synthcc_osnet.yaml" if model == "osnet" else "csgn_synthcc.yaml"
+    args = ["--config-file", os.path.join(ROOT, "configs", config)]
+    args += ["data.root", str(data_root), "data.save_dir", str(save_dir), *COMMON]
+    return args + (CSGN if model == "csgn" else []) + list(extra)
+
+
+def start_train(args, log_path, env=None):
+    """``python tools/train.py ARGS`` on one thread (a ``subprocess.Popen``), output to a file."""
+    full_env = {k: v for k, v in os.environ.items() if k != "CSGN_FAULT_KILL"}
+    full_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(env or {})})
+    with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, TRAIN, *args], env=full_env, cwd=ROOT, stdout=log, stderr=log
+        )
+
+
+def run_train(args, log_path, env=None, timeout=120):
+    """:func:`start_train`, waited for; returns the exit code (-9: killed by SIGKILL)."""
+    proc = start_train(args, log_path, env)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def checkpoint(save_dir, which="last"):
+    return load_checkpoint(os.path.join(save_dir, "checkpoints", f"{which}.pth"))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ------------------------------------------------------------------ DDP (2 gloo processes)
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(args, log_dir, env=None):
+    """Two ranks started by hand (no torchrun agent to clean up after them)."""
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        rank_env = {k: v for k, v in os.environ.items() if k != "CSGN_FAULT_KILL"}
+        rank_env.update(
+            OMP_NUM_THREADS="1",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **(env or {}),
+        )
+        with open(os.path.join(log_dir, f"rank{rank}.txt"), "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, TRAIN, *args], env=rank_env, cwd=ROOT, stdout=out, stderr=out
+                )
+            )
+    return procs
+
+
+def kill_all(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()  # also ends a stopped process
+        p.wait()
+
+
+def ddp_opts(tmp_path, save, *extra):
+    ensure_synthcc(str(tmp_path / "data"), "tiny", 0)  # once, not by two ranks at a time
+    base = opts(tmp_path / "data", save, "osnet", "train.max_epoch", "1", "train.print_freq", "1")
+    return base + ["runtime.dist_timeout_s", "30", *extra]
