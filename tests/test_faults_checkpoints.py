@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_faults_support import checkpoint, opts
+from run_helpers import checkpoint, opts
 
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.engine.checkpoint import CheckpointMismatchError, atomic_save, load_weights

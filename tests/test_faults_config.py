@@ -5,7 +5,7 @@ the data or the built model is refused before the first training step."""
 import os
 
 import pytest
-from test_faults_support import opts
+from run_helpers import opts
 
 from csgn_plugin import builders
 from csgn_plugin.config import ConfigError, load_config

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from test_faults_support import (
+from run_helpers import (
     ROOT,
     TRAIN,
     checkpoint,

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from test_faults_support import ddp_opts, kill_all, start_ranks
+from run_helpers import ddp_opts, kill_all, start_ranks
 
 
 def test_a_frozen_rank_stops_the_job_after_the_timeout(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_faults_support import opts
+from run_helpers import opts
 
 from csgn_plugin.data.base import ClothesImageDataset
 from csgn_plugin.data.datasets.synthcc import SynthCC

@@ -8,7 +8,7 @@ import random
 import time
 
 import pytest
-from test_faults_support import (
+from run_helpers import (
     STATE_KEYS,
     assert_same_weights,
     checkpoint,

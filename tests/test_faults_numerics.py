@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_faults_support import checkpoint, opts
+from run_helpers import checkpoint, opts
 
 from csgn_plugin import builders
 from csgn_plugin.engine.engine import CCEngine, NonFiniteLossError

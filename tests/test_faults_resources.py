@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from test_faults_support import assert_same_weights, checkpoint, opts
+from run_helpers import assert_same_weights, checkpoint, opts
 
 from csgn_plugin.engine.checkpoint import CheckpointWriteError
 from csgn_plugin.engine.engine import CCEngine

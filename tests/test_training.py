@@ -6,56 +6,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from run_helpers import ROOT, assert_same_weights, checkpoint, opts
 
 from csgn_plugin.compat import load_checkpoint
 from csgn_plugin.launcher import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def baseline_opts(tmp_path, save_dir, *extra):
-    return [
-        "--config-file",
-        os.path.join(ROOT, "configs", "synthcc_osnet.yaml"),
-        "data.root",
-        str(tmp_path / "data"),
-        "data.save_dir",
-        str(save_dir),
-        "data.height",
-        "64",
-        "data.width",
-        "32",
-        "data.workers",
-        "0",
-        "cc_data.synthcc_preset",
-        "tiny",
-        "train.batch_size",
-        "16",
-        "train.max_epoch",
-        "2",
-        "train.print_freq",
-        "2",
-        "test.eval_freq",
-        "-1",
-        "test.visrank",
-        "False",
-        "runtime.plot",
-        "False",
-        "runtime.device",
-        "cpu",
-        *extra,
-    ]
+    return opts(tmp_path / "data", save_dir, "osnet", *extra)
 
 
-def weights(save_dir, which="last"):
-    return load_checkpoint(os.path.join(save_dir, "checkpoints", f"{which}.pth"))["state_dict"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+def weights(save_dir):
+    return checkpoint(save_dir)["state_dict"]
 
 
 def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):

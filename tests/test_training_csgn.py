@@ -1,46 +1,21 @@
 """Two-stage CSGN training through the launcher (tiny towers, tiny SynthCC, CPU)."""
 
-import os
-
 import pytest
 import torch
+from run_helpers import assert_same_weights, checkpoint, opts
 
 from csgn_plugin.compat import load_checkpoint
 from csgn_plugin.engine import stages
 from csgn_plugin.engine.engine import CCEngine
 from csgn_plugin.launcher import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def csgn_opts(tmp_path, save_dir, *extra):
-    return [
-        "--config-file", os.path.join(ROOT, "configs", "csgn_synthcc.yaml"),
-        "data.root", str(tmp_path / "data"),
-        "data.save_dir", str(save_dir),
-        "data.height", "64", "data.width", "32",
-        "cc_data.synthcc_preset", "tiny",
-        "train.batch_size", "16",
-        "stage1.max_epoch", "4",
-        "stage1.batch_size", "16",
-        "train.max_epoch", "2",
-        "train.print_freq", "2",
-        "test.eval_freq", "-1",
-        "test.visrank", "False",
-        "runtime.plot", "False",
-        "runtime.device", "cpu",
-        *extra,
-    ]  # fmt: skip
+    return opts(tmp_path / "data", save_dir, "csgn", *extra)
 
 
 def final_weights(save_dir):
-    return load_checkpoint(os.path.join(save_dir, "checkpoints", "last.pth"))["state_dict"]
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    return checkpoint(save_dir)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +32,7 @@ def test_both_stages_run_and_frozen_parts_stay_frozen(straight):
     assert [s.name for s in engine.stages] == ["prompt"] and engine.stages[0].finished
     assert set(engine.last_results["synthcc"]) == {"general", "cc", "sc"}
     history = engine.history
-    assert len(history["stage1/loss"]) == 4
+    assert len(history["stage1/loss"]) == 3
     assert {"Train/id", "Train/triplet", "Train/hsf_rgb", "Train/hsf_gray"} <= set(history)
     # the prompts and the text tower end stage 2 exactly as stage 1 left them (a run that stops
     # after stage 1 gives that state: stage 1 does not depend on the stage-2 settings)
@@ -91,7 +66,7 @@ def test_interrupted_in_stage_1_resumes_to_the_same_weights(straight, monkeypatc
     state = load_checkpoint(save / "checkpoints" / "last.pth")
     assert state["stages"]["prompt"] == {**state["stages"]["prompt"], "epoch": 2, "finished": False}
     main(csgn_opts(tmp, save, "model.resume", "auto"))
-    assert_same(expected, final_weights(save))
+    assert_same_weights(expected, final_weights(save))
 
 
 def test_interrupted_in_stage_2_skips_stage_1_and_resumes_to_the_same_weights(
@@ -114,7 +89,7 @@ def test_interrupted_in_stage_2_skips_stage_1_and_resumes_to_the_same_weights(
     monkeypatch.setattr(stages.PromptStage, "cache_features", lambda *a: ran.append(1))
     main(csgn_opts(tmp, save, "model.resume", "auto"))
     assert ran == []  # the finished prompt stage is not run again
-    assert_same(expected, final_weights(save))
+    assert_same_weights(expected, final_weights(save))
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):

@@ -1,4 +1,4 @@
-"""Shared helpers of the fault-injection tests (tests/test_faults_*.py); holds no test itself.
+"""Shared helpers of the tests that run training through the launcher; holds no test itself.
 
 Runs are the tiny SynthCC preset at 64x32 on the CPU, through the launcher that tools/train.py
 runs: in-process (``main``) where the fault is injected in Python, as a subprocess where the
