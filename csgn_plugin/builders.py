@@ -242,11 +242,12 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
 
 def _param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
     """Bias parameters get ``train.bias_lr_factor`` x lr; the rest the base lr; every trainable
-    parameter lands in exactly one group."""
+    parameter lands in exactly one group. A bias is any parameter whose own name contains
+    'bias' (CLIP-ReID's rule), so attention ``in_proj_bias`` counts too."""
     base, bias = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (bias if name.endswith(".bias") else base).append(param)
+            (bias if "bias" in name.rsplit(".", 1)[-1] else base).append(param)
     groups = [{"params": base, "lr": cfg.train.lr}]
     if bias:
         groups.append({"params": bias, "lr": cfg.train.lr * cfg.train.bias_lr_factor})

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from csgn_plugin import builders
+from csgn_plugin.config import load_config
+from csgn_plugin.modeling import build_model_from_config
+
+
+def tiny_csgn_cfg(*opts):
+    return load_config(
+        "",
+        [
+            "model.name", "csgn", "clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch",
+            "csgn-tiny-rn", "train.lr", "0.01", "train.bias_lr_factor", "2.0", *opts,
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("optim", ["adam", "adamw", "sgd"])
+def test_every_trainable_parameter_is_in_exactly_one_group(optim):
+    cfg = tiny_csgn_cfg("train.optim", optim)
+    model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
+    model.set_stage(2)
+    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    grouped = [p for g in optimizer.param_groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len({id(p) for p in grouped})  # no parameter twice
+    assert {id(p) for p in grouped} == {id(p) for p in trainable}  # none left out
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    attention_bias = [n for n in names if n.endswith("in_proj_bias") and names[n].requires_grad]
+    assert attention_bias  # the ViT's attention biases are trained in stage 2 ...
+    for name in attention_bias + [
+        n for n in names if n.endswith(".bias") and names[n].requires_grad
+    ]:
+        assert lrs[id(names[name])] == pytest.approx(0.02)  # ... at the bias lr, as CLIP-ReID
+    weight = next(n for n in names if n.endswith(".weight") and names[n].requires_grad)
+    assert lrs[id(names[weight])] == pytest.approx(0.01)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = load_config(
+        "",
+        ["train.warmup_epochs", "2", "train.warmup_factor", "0.1", "train.lr_scheduler",
+         "multi_step", "train.stepsize", "[4, 6]", "train.gamma", "0.1"],
+    )  # fmt: skip
+    factors = [builders.lr_factor(cfg, e) for e in range(8)]
+    assert factors == pytest.approx([0.1, 0.55, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    cosine = load_config("", ["train.lr_scheduler", "cosine", "train.max_epoch", "4"])
+    assert [builders.lr_factor(cosine, e) for e in (0, 2, 4)] == pytest.approx([1, 0.5, 0])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    scheduler = builders.build_scheduler(cfg, opt)
+    for _ in range(4):
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
