@@ -44,7 +44,7 @@ from ..evaluation import (
     RankResult,
     compute_distance_matrix,
     evaluate_features,
-    evaluate_rank_detailed,
+    evaluate_rank_modes,
     single_shot_evaluate,
 )
 from ..evaluation.pooling import average_clip_features
@@ -611,10 +611,9 @@ class CCEngine(tr.engine.Engine):
             distmat = compute_distance_matrix(qf, gf, dist_metric, normalize_feature)
             if rerank:
                 distmat = self._rerank(distmat, qf, gf, dist_metric, normalize_feature)
-            results = {}
-            for mode in protocols:
-                if opts.single_shot:
-                    results[mode] = single_shot_evaluate(
+            if opts.single_shot:
+                results = {
+                    mode: single_shot_evaluate(
                         distmat,
                         *labels,
                         mode=mode,
@@ -622,10 +621,12 @@ class CCEngine(tr.engine.Engine):
                         seed=opts.single_shot_seed,
                         max_rank=opts.max_rank,
                     )
-                else:
-                    results[mode] = evaluate_rank_detailed(
-                        distmat, *labels, mode=mode, max_rank=opts.max_rank
-                    )
+                    for mode in protocols
+                }
+            else:  # one sort of the distance matrix serves every protocol
+                results = evaluate_rank_modes(
+                    distmat, *labels, modes=tuple(protocols), max_rank=opts.max_rank
+                )
             if visrank and self.is_main:
                 query, gallery = self.datamanager.fetch_test_loaders(name)
                 tr.utils.visualize_ranked_results(
