@@ -1,6 +1,7 @@
 """End-to-end training through tools/train.py's code path on the tiny SynthCC (CPU)."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,17 @@ def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     assert os.path.isfile(save / "checkpoints" / "best.pth")
     assert os.path.isfile(save / "training.png")
     assert glob.glob(str(save / "train.log-*"))
+    # throughput counts every image the two epochs trained on and every one evaluated
+    with open(save / "throughput.json") as f:
+        throughput = json.load(f)
+    sampler, loader = engine.datamanager.train_sampler, engine.datamanager.train_loader
+    batches = 0
+    for epoch in range(2):  # identity-balanced epochs differ in length
+        sampler.set_epoch(epoch)
+        batches += sampler.num_batches()
+    assert throughput["stage2_train_img"]["items"] == batches * loader.batch_size
+    test = engine.datamanager.test_dataset["synthcc"]
+    assert throughput["eval_extract_img"]["items"] == len(test["query"]) + len(test["gallery"])
     assert len(os.listdir(save / "visrank_synthcc")) == len(
         engine.datamanager.test_dataset["synthcc"]["query"]
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import math
 import os
 import time
@@ -153,6 +154,8 @@ class CCEngine(tr.engine.Engine):
         self.history: dict[str, list] = {}
         self.last_results: dict[str, dict[str, RankResult]] = {}
         self.skipped_steps = 0
+        # phase -> [items, seconds] of this process's work (all ranks' items), see run()
+        self.throughput: dict[str, list[float]] = {}
         # unreadable images replaced under cc_data.image_policy 'skip': split -> path -> times
         self.unreadable: dict[str, Counter] = {}
 
@@ -193,6 +196,30 @@ class CCEngine(tr.engine.Engine):
         parts: list[Any] = [None] * self.options.world_size
         dist.all_gather_object(parts, tensor.cpu())
         return torch.cat(parts).to(tensor.device)
+
+    def count_throughput(self, phase: str, items: float, seconds: float) -> None:
+        """Add ``items`` processed (over all ranks) in ``seconds`` to a phase's throughput."""
+        total = self.throughput.setdefault(phase, [0.0, 0.0])
+        total[0] += items
+        total[1] += seconds
+
+    def report_throughput(self, save_dir: str) -> None:
+        """Log the throughput of every phase and write it to ``save_dir/throughput.json``."""
+        if not self.throughput or not self.is_main:
+            return
+        report = {
+            phase: {"items": items, "seconds": seconds, "per_second": items / max(seconds, 1e-9)}
+            for phase, (items, seconds) in self.throughput.items()
+        }
+        self.log(
+            "Throughput: "
+            + "; ".join(
+                f"{phase} {r['per_second']:.1f}/s ({r['items']:.0f} in {r['seconds']:.1f}s)"
+                for phase, r in report.items()
+            )
+        )
+        with open(os.path.join(save_dir, "throughput.json"), "w") as f:
+            json.dump(report, f, indent=2)
 
     def record(self, key: str, step: int, value: float) -> None:
         """Keep a scalar for the plots and the tensorboard log."""
@@ -365,7 +392,8 @@ class CCEngine(tr.engine.Engine):
         self.num_batches = sampler.num_batches()
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        window_start = time.time()
+        window_start = epoch_start = time.time()
+        steps = 0
         unreadable: list[str] = []
         for batch_idx, data in enumerate(self.train_loader, self.start_batch):
             self.batch_idx = batch_idx
@@ -374,6 +402,7 @@ class CCEngine(tr.engine.Engine):
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
+            steps += 1
             self.global_step += 1
             fault_point("train_step")
             every = self.options.checkpoint_iters
@@ -383,6 +412,9 @@ class CCEngine(tr.engine.Engine):
             if (self.batch_idx + 1) % print_freq == 0 or self.batch_idx + 1 == self.num_batches:
                 self._log_window(sums, count, time.time() - window_start)
                 sums, count, window_start = {}, 0, time.time()
+        # the last window's loss read has synchronised the device: the time is the work's
+        images = steps * self.datamanager.train_loader.batch_size * self.options.world_size
+        self.count_throughput("stage2_train_img", images, time.time() - epoch_start)
         self.report_unreadable(unreadable, "train", f"epoch {self.epoch + 1}")
         self.start_batch = 0
         self.update_lr()
@@ -477,6 +509,7 @@ class CCEngine(tr.engine.Engine):
             self.test(**test_kwargs)
         elapsed = datetime.timedelta(seconds=round(time.time() - started))
         self.log(f"Elapsed {elapsed}")
+        self.report_throughput(save_dir)
         self._write_unreadable_list(save_dir)
         if self.options.plot and self.is_main:
             from .plots import plot_history
@@ -584,6 +617,7 @@ class CCEngine(tr.engine.Engine):
         started = time.time()
         qf, q = self._extract(self.test_loader[name]["query"])
         gf, g = self._extract(self.test_loader[name]["gallery"])
+        self.count_throughput("eval_extract_img", qf.shape[0] + gf.shape[0], time.time() - started)
         self.log(
             f"Extracted {qf.shape[0]} query and {gf.shape[0]} gallery features "
             f"({qf.shape[1]}-d) in {time.time() - started:.1f}s"

@@ -122,9 +122,11 @@ class PromptStage(Stage):
         engine.report_unreadable(unreadable, "train", "stage 1 feature cache")
         cached = {m: engine.gather(torch.cat(f)) for m, f in feats.items()}
         labels = engine.gather(torch.cat(pids))
+        seconds = time.time() - start
+        engine.count_throughput("stage1_cache_img", len(labels), seconds)
         engine.log(
             f"=> Stage 1: cached {len(labels)} image features x {len(cached)} modalities "
-            f"in {time.time() - start:.1f}s"
+            f"in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.1f} img/s)"
         )
         return cached, labels
 
@@ -160,7 +162,9 @@ class PromptStage(Stage):
         opts = self.options
         model = engine.unwrapped_model
         n = len(labels)
+        steps = max(1, n // opts.batch_size)
         while self.epoch < opts.max_epoch:
+            epoch_start = time.time()
             factor = cosine_with_warmup(
                 self.epoch, opts.max_epoch, opts.warmup_epochs, opts.warmup_factor
             )
@@ -169,7 +173,7 @@ class PromptStage(Stage):
             generator = torch.Generator().manual_seed(opts.seed * 100_003 + self.epoch)
             order = torch.randperm(n, generator=generator).to(labels.device)
             total = torch.zeros((), device=engine.device)
-            for step in range(max(1, n // opts.batch_size)):
+            for step in range(steps):
                 index = order[step * opts.batch_size : (step + 1) * opts.batch_size]
                 target = labels[index]
                 with engine.autocast():
@@ -183,13 +187,15 @@ class PromptStage(Stage):
             self.epoch += 1
             fault_point("stage1_epoch")
             self.optimizer_state = optimizer.state_dict()
-            mean = (total / max(1, n // opts.batch_size)).item()
+            mean = (total / steps).item()  # the epoch's one host sync
+            seconds = time.time() - epoch_start
+            engine.count_throughput("stage1_prompt_samples", steps * opts.batch_size, seconds)
             engine.check_finite(mean, f"stage 1 epoch {self.epoch}", {"mutual": mean})
             engine.record("stage1/loss", self.epoch, mean)
             if self.epoch % opts.print_freq == 0 or self.epoch == opts.max_epoch:
                 engine.log(
                     f"stage1 epoch [{self.epoch}/{opts.max_epoch}] loss {mean:.4f} "
-                    f"lr {opts.lr * factor:.2e}"
+                    f"lr {opts.lr * factor:.2e}  {steps * opts.batch_size / seconds:.1f} samples/s"
                 )
             self.finished = self.epoch >= opts.max_epoch
             period = engine.options.checkpoint_period  # 0: only when the stage ends

@@ -24,11 +24,19 @@ from csgn_plugin.config import load_config  # noqa: E402
 def loader_rate(cfg_file, opts, workers, batches):
     cfg = load_config(cfg_file, [*opts, "data.workers", str(workers)])
     dm = builders.build_datamanager(cfg, use_gpu=torch.cuda.is_available())
-    dm.train_sampler.set_epoch(0)
+    epoch = 0
+    dm.train_sampler.set_epoch(epoch)
     iterator = iter(dm.train_loader)
     next(iterator)  # worker start-up is not throughput
     start, images = time.perf_counter(), 0
-    for _, data in zip(range(batches), iterator):
+    for _ in range(batches):
+        try:
+            data = next(iterator)
+        except StopIteration:  # short epochs: go on with the next one, as training does
+            epoch += 1
+            dm.train_sampler.set_epoch(epoch)
+            iterator = iter(dm.train_loader)
+            data = next(iterator)
         images += data["img"].shape[0]
     return images / (time.perf_counter() - start)
 
@@ -38,6 +46,7 @@ def main():
     p.add_argument("--config-file", default="configs/csgn_synthcc.yaml")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--tag", default="cpu", help="output files: data_benchmark_<tag>.{json,md}")
     p.add_argument("--out", default="projects/CSGN/results")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args()
@@ -53,11 +62,14 @@ def main():
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "command": "python " + " ".join(sys.argv),
-        "input": f"{cfg.data.height}x{cfg.data.width}, transforms {list(cfg.data.transforms)}",
+        "input": (
+            f"{cfg.data.height}x{cfg.data.width}, batch {cfg.train.batch_size}, "
+            f"transforms {list(cfg.data.transforms)}"
+        ),
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "data_benchmark_cpu.json"), "w") as f:
+    with open(os.path.join(args.out, f"data_benchmark_{args.tag}.json"), "w") as f:
         json.dump(report, f, indent=2)
     lines = [
         f"{report['date']}, {report['cpu_count']} CPUs, load average {report['load_average']}",
@@ -66,7 +78,7 @@ def main():
         "| workers | images/s |",
         "|---|---|",
     ] + [f"| {r['workers']} | {r['img_s']:.0f} |" for r in rows]
-    with open(os.path.join(args.out, "data_benchmark_cpu.md"), "w") as f:
+    with open(os.path.join(args.out, f"data_benchmark_{args.tag}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,7 +6,14 @@ ID + triplet + HSF losses against the text bank, fused AdamW, bf16 on CUDA), on 
 and random input tensors (no data loading). Reports images/s, peak memory and model FLOP
 utilisation (FLOPs counted by torch's FlopCounterMode on one step, against --peak-tflops).
 
-    python projects/CSGN/benchmarks/bench_train.py --device cuda --out projects/CSGN/results
+With ``--data CONFIG`` the same model is also fed by the real data pipeline of that config's
+dataset (SynthCC by default: decoding, augmentation, sampler, DataLoader workers, pinned host
+memory): the stage-1 feature cache is ``PromptStage.cache_features`` and stage 2 is
+``CCEngine.train`` over whole epochs (the first one, with worker start-up, is not timed).
+``--profile N`` writes torch.profiler's per-operator table of N eager stage-2 steps.
+
+    python projects/CSGN/benchmarks/bench_train.py --device cuda --out projects/CSGN/results \
+        --data configs/csgn_synthcc.yaml --workers 8 --profile 5
 """
 
 import argparse
@@ -26,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from csgn_plugin import builders  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.engine.engine import CCEngine  # noqa: E402
+from csgn_plugin.engine.stages import PromptStage, PromptStageOptions  # noqa: E402
 from csgn_plugin.losses import MutualLoss  # noqa: E402
 
 
@@ -48,7 +56,51 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def bench_model(name, args, num_ids=150):
+def build_data(args):
+    """The training data of ``--data``'s dataset at the benchmark's size, batch and workers."""
+    opts = ["data.height", str(args.height), "data.width", str(args.width)]
+    opts += ["train.batch_size", str(args.batch), "data.workers", str(args.workers)]
+    opts += ["test.batch_size", str(args.batch * 4)]
+    if args.preset:
+        opts += ["cc_data.synthcc_preset", args.preset]
+    cfg = load_config(args.data, opts)
+    return builders.build_datamanager(cfg, use_gpu=args.device == "cuda")
+
+
+def profile_table(step, device, steps):
+    """torch.profiler's per-operator table over ``steps`` calls of ``step``, slowest first."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+
+
+def bench_with_data(engine, model, dm, args):
+    """Stage-1 cache and stage-2 epochs fed by the real data pipeline."""
+    stage = PromptStage(PromptStageOptions(feature_batch_size=args.batch * 4))
+    model.set_stage(1)
+    stage.cache_features(engine)  # warm-up: worker start-up, cudnn autotuning
+    engine.throughput.clear()
+    stage.cache_features(engine)
+    cache_items, cache_s = engine.throughput["stage1_cache_img"]
+    model.set_stage(2)
+    model.train()
+    engine.max_epoch = 2
+    for engine.epoch in range(2):
+        if engine.epoch == 1:
+            engine.throughput.clear()
+        engine.train(print_freq=10_000)
+    items, seconds = engine.throughput["stage2_train_img"]
+    return {"data_stage1_cache_img_s": cache_items / cache_s, "data_stage2_img_s": items / seconds}
+
+
+def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     opts = [
         "model.name",
         name,
@@ -65,12 +117,13 @@ def bench_model(name, args, num_ids=150):
         opts += ["clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn"]
     cfg = load_config("", opts)
     use_gpu = args.device == "cuda"
-    model = builders.build_model_from_config(cfg, num_classes=num_ids, num_cameras=6)
+    if dm is not None:
+        num_ids, num_cameras = dm.num_train_pids, dm.num_train_cams
+    model = builders.build_model_from_config(cfg, num_classes=num_ids, num_cameras=num_cameras)
     model = model.to(args.device)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)
-    dm = SimpleNamespace(train_loader=None, test_loader={}, datamanager=None)
     engine = CCEngine(
-        dm,
+        dm or SimpleNamespace(train_loader=None, test_loader={}),
         model,
         optimizer,
         None,
@@ -123,6 +176,12 @@ def bench_model(name, args, num_ids=150):
         stage2_mfu=flops / seconds / (args.peak_tflops * 1e12),
         peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
     )
+    if args.profile:
+        result["profile"] = profile_table(step, device, args.profile)
+    if dm is not None:
+        result.update(bench_with_data(engine, model, dm, args))
+        model.set_stage(2)
+        model.train()
     if args.compile:
         engine.model = torch.compile(model)
         start = time.perf_counter()
@@ -133,7 +192,7 @@ def bench_model(name, args, num_ids=150):
         seconds = timed(step, device, 3, args.steps)
         result["stage2_compiled_img_s"] = b / seconds
         result["stage2_compiled_mfu"] = flops / seconds / (args.peak_tflops * 1e12)
-    print(json.dumps(result), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
     return result
 
 
@@ -159,15 +218,21 @@ def main():
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     p.add_argument("--tiny", action="store_true", help="tiny towers (CPU smoke run)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM)")
+    p.add_argument("--data", default="", help="also feed the step from this config's dataset")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers with --data")
+    p.add_argument("--preset", default="", help="SynthCC preset with --data (config's if empty)")
+    p.add_argument("--profile", type=int, default=0, help="profile N eager stage-2 steps")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default="projects/CSGN/results")
     args = p.parse_args()
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    dm = build_data(args) if args.data else None
     rows = []
     for name in args.models:
-        rows.append(bench_model(name, args))
+        rows.append(bench_model(name, args, dm))
         if args.device == "cuda":
             torch.cuda.empty_cache()
     report = {
@@ -175,25 +240,37 @@ def main():
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
-        "rows": rows,
+        "data": f"{args.data}, {args.workers} workers" if args.data else None,
+        "rows": [{k: v for k, v in r.items() if k != "profile"} for r in rows],
     }
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"train_benchmark_{args.device}")
+    stem = os.path.join(args.out, f"train_benchmark_{args.device}{args.tag}")
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=2)
+    if args.profile:
+        with open(stem + "_profile.txt", "w") as f:
+            for r in rows:
+                f.write(f"=== {r['model']}: {args.profile} eager stage-2 steps ===\n")
+                f.write(r["profile"] + "\n\n")
     lines = [
         f"Device: {report['device']}; torch {report['torch']}; {report['date']}",
         f"Command: `{report['command']}`",
         "",
-        "| model | stage 1 img/s | stage 2 img/s | GFLOP/img | MFU | peak GB | compiled img/s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | stage 1 img/s | stage 2 img/s | GFLOP/img | MFU | peak GB | compiled img/s "
+        "| data: stage-1 cache img/s | data: stage 2 img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(r, key):
+        return f"{r[key]:.0f}" if r.get(key) is not None else "-"
+
     for r in rows:
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
-        comp = f"{r['stage2_compiled_img_s']:.0f}" if "stage2_compiled_img_s" in r else "-"
         lines.append(
             f"| {r['model']} | {r['stage1_img_s']:.0f} | {r['stage2_img_s']:.0f} | "
-            f"{r['stage2_gflop_per_img']:.1f} | {100 * r['stage2_mfu']:.1f}% | {mem} | {comp} |"
+            f"{r['stage2_gflop_per_img']:.1f} | {100 * r['stage2_mfu']:.1f}% | {mem} | "
+            f"{cell(r, 'stage2_compiled_img_s')} | {cell(r, 'data_stage1_cache_img_s')} | "
+            f"{cell(r, 'data_stage2_img_s')} |"
         )
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
