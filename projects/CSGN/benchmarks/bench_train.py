@@ -123,7 +123,7 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     model = model.to(args.device)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)
     engine = CCEngine(
-        dm or SimpleNamespace(train_loader=None, test_loader={}),
+        dm or SimpleNamespace(train_loader=SimpleNamespace(batch_size=args.batch), test_loader={}),
         model,
         optimizer,
         None,
