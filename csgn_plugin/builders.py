@@ -107,6 +107,11 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
     ):
         _at_least(key, value, low)
+    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
+        raise ValueError(
+            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
+        )
     if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":
         raise ValueError(
             "cc_data.image_policy 'skip' works on image datasets only; video frames that cannot "
@@ -323,6 +328,7 @@ def prompt_stage_options(cfg: CfgNode) -> PromptStageOptions:
         weight_decay=s.weight_decay,
         warmup_epochs=s.warmup_epochs,
         warmup_factor=s.warmup_factor,
+        lr_min=s.lr_min,
         batch_size=s.batch_size,
         feature_batch_size=cfg.test.batch_size,
         cross_modal_weight=s.cross_modal_weight,

@@ -54,3 +54,28 @@ def test_schedule_warms_up_then_decays():
         opt.step()
         scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_engine_reports_the_configured_lr_not_the_bias_lr():
+    from types import SimpleNamespace
+
+    from csgn_plugin.engine.engine import CCEngine
+
+    cfg = tiny_csgn_cfg()
+    model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
+    model.set_stage(2)
+    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    data = SimpleNamespace(train_loader=None, test_loader={})
+    engine = CCEngine(data, model, optimizer)
+    assert engine.get_current_lr() == pytest.approx(0.01)  # train.lr; biases run at 0.02
+
+
+def test_stage1_cosine_warms_up_then_ends_at_lr_min():
+    from csgn_plugin.engine.stages import cosine_with_warmup
+
+    lr, lr_min = 3.5e-4, 1e-6
+    lrs = [lr * cosine_with_warmup(e, 10, 2, 0.1, floor=lr_min / lr) for e in (0, 1, 2, 6, 10)]
+    # warm-up 0.1 -> 1 over 2 epochs; cosine from lr at epoch 2 to lr_min at epoch 10
+    assert lrs == pytest.approx([3.5e-5, 1.925e-4, 3.5e-4, (lr + lr_min) / 2, lr_min])
+    with pytest.raises(ValueError, match="stage1.lr_min"):
+        builders.check_config(load_config("", ["stage1.lr_min", "0.1"]), world_size=1)

@@ -54,10 +54,10 @@ def test_interrupted_in_stage_1_resumes_to_the_same_weights(straight, monkeypatc
     save = tmp / "stage1_killed"
     original = stages.cosine_with_warmup
 
-    def stop_at_epoch_2(epoch, *args):
+    def stop_at_epoch_2(epoch, *args, **kwargs):
         if epoch == 2:
             raise KeyboardInterrupt("simulated kill in stage 1")
-        return original(epoch, *args)
+        return original(epoch, *args, **kwargs)
 
     monkeypatch.setattr(stages, "cosine_with_warmup", stop_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):

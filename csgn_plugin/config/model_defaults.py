@@ -62,6 +62,7 @@ def add_model_sections(cfg: CN) -> None:
     cfg.stage1.warmup_epochs = 5  # linear warm-up, then cosine decay
     # lr multiplier at the first warm-up epoch (CLIP-ReID: warm-up from 1e-5 = 3.5e-4 x 0.0286)
     cfg.stage1.warmup_factor = 0.0286
+    cfg.stage1.lr_min = 1e-6  # the cosine ends here, not at 0 (CLIP-ReID's stage-1 floor)
     # weight of the cross-modal mutual term (rgb images <-> gray prompts, gray images <-> rgb
     # prompts); 0 = each modality only with itself
     cfg.stage1.cross_modal_weight = 0.0

@@ -197,6 +197,12 @@ class CCEngine(tr.engine.Engine):
         dist.all_gather_object(parts, tensor.cpu())
         return torch.cat(parts).to(tensor.device)
 
+    def get_current_lr(self, names: Any = None) -> float:
+        """The base lr (first parameter group), not torchreid's last group, which is the bias
+        group (``train.bias_lr_factor`` x lr) of the plugin's optimizers."""
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
     def count_throughput(self, phase: str, items: float, seconds: float) -> None:
         """Add ``items`` processed (over all ranks) in ``seconds`` to a phase's throughput."""
         total = self.throughput.setdefault(phase, [0.0, 0.0])

@@ -52,6 +52,7 @@ class PromptStageOptions:
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
     warmup_factor: float = 0.01
+    lr_min: float = 1e-6
     batch_size: int = 64
     feature_batch_size: int = 128
     cross_modal_weight: float = 0.0
@@ -59,12 +60,15 @@ class PromptStageOptions:
     seed: int = 0
 
 
-def cosine_with_warmup(epoch: int, max_epoch: int, warmup: int, warmup_factor: float) -> float:
-    """LR multiplier of ``epoch``: linear warm-up from ``warmup_factor``, then half a cosine."""
+def cosine_with_warmup(
+    epoch: int, max_epoch: int, warmup: int, warmup_factor: float, floor: float = 0.0
+) -> float:
+    """LR multiplier of ``epoch``: linear warm-up from ``warmup_factor``, then half a cosine
+    from 1 down to ``floor``."""
     if epoch < warmup:
         return warmup_factor + (1.0 - warmup_factor) * epoch / warmup
     progress = (epoch - warmup) / max(1, max_epoch - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class PromptStage(Stage):
@@ -166,7 +170,11 @@ class PromptStage(Stage):
         while self.epoch < opts.max_epoch:
             epoch_start = time.time()
             factor = cosine_with_warmup(
-                self.epoch, opts.max_epoch, opts.warmup_epochs, opts.warmup_factor
+                self.epoch,
+                opts.max_epoch,
+                opts.warmup_epochs,
+                opts.warmup_factor,
+                floor=opts.lr_min / opts.lr,
             )
             for group in optimizer.param_groups:
                 group["lr"] = opts.lr * factor
