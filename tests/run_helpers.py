@@ -80,6 +80,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_torchrun(args, nproc=2, timeout=300):
+    """``torchrun --nproc_per_node=NPROC tools/train.py ARGS`` on a free port, one thread per
+    rank; returns the finished ``subprocess.CompletedProcess`` (output captured)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    cmd += [f"--master_port={free_port()}", TRAIN, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
 def start_ranks(args, log_dir, env=None):
     """Two ranks started by hand (no torchrun agent to clean up after them)."""
     port = str(free_port())

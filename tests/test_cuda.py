@@ -6,12 +6,10 @@ a gradient scaler, channels_last + torch.compile, and NCCL DDP (skipped with few
 
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from run_helpers import ROOT, TRAIN, checkpoint, free_port, opts
+from run_helpers import checkpoint, opts, run_torchrun
 
 from csgn_plugin.data.synth import ensure_synthcc
 from csgn_plugin.launcher import main
@@ -52,16 +50,7 @@ def test_baseline_trains_with_channels_last_and_compile(tmp_path):
 def test_two_process_nccl_ddp_trains_and_evaluates(tmp_path):
     ensure_synthcc(str(tmp_path / "data"), "tiny", 0)
     save = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        TRAIN,
-        *cuda_opts(tmp_path, save, "csgn", "train.max_epoch", "1"),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = run_torchrun(cuda_opts(tmp_path, save, "csgn", "train.max_epoch", "1"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = open(glob.glob(str(save / "train.log-*"))[0]).read()
     assert "synthcc         CC" in text

@@ -3,11 +3,9 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from run_helpers import ROOT, assert_same_weights, checkpoint, opts
+from run_helpers import assert_same_weights, checkpoint, opts, run_torchrun
 
 from csgn_plugin.compat import load_checkpoint
 from csgn_plugin.launcher import main
@@ -87,17 +85,7 @@ def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
 
 def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path):
     save = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29517",
-        os.path.join(ROOT, "tools", "train.py"),
-        *baseline_opts(tmp_path, save, "train.max_epoch", "1"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    proc = run_torchrun(baseline_opts(tmp_path, save, "train.max_epoch", "1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = glob.glob(str(save / "train.log-*"))
     text = open(logs[0]).read()

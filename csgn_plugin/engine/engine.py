@@ -203,6 +203,22 @@ class CCEngine(tr.engine.Engine):
         name = self.get_model_names(names)[0]
         return self._optims[name].param_groups[0]["lr"]
 
+    def map_loader(self, loader: DataLoader, fn: Any, what: str) -> dict[str, torch.Tensor]:
+        """``fn(batch) -> {key: tensor}`` over this rank's shard of an in-order loader, each key
+        concatenated and gathered over ranks in dataset order; an out-of-memory error names
+        ``what`` and ``test.batch_size``."""
+        outputs: dict[str, list[torch.Tensor]] = {}
+        oom = self.explain_out_of_memory(
+            what,
+            f"test.batch_size={loader.batch_size}",
+            "lower test.batch_size or use runtime.amp 'bf16'",
+        )
+        with oom:
+            for data in self.shard(loader):
+                for key, value in fn(data).items():
+                    outputs.setdefault(key, []).append(value)
+        return {key: self.gather(torch.cat(values)) for key, values in outputs.items()}
+
     def count_throughput(self, phase: str, items: float, seconds: float) -> None:
         """Add ``items`` processed (over all ranks) in ``seconds`` to a phase's throughput."""
         total = self.throughput.setdefault(phase, [0.0, 0.0])
@@ -534,38 +550,26 @@ class CCEngine(tr.engine.Engine):
         on clips (batches carry ``video_index``) then averages its clips per tracklet. Items whose
         image could not be read (``cc_data.image_policy 'skip'``) are left out; ``labels['kept']``
         holds the dataset indices of the items kept."""
-        feats, pids, camids, clothes, video_index, unreadable = [], [], [], [], [], []
-        oom = self.explain_out_of_memory(
-            "feature extraction",
-            f"test.batch_size={loader.batch_size}",
-            "lower test.batch_size or use runtime.amp 'bf16'",
-        )
-        with oom:
-            for data in self.shard(loader):
-                feats.append(self._extract_batch(data))
-                flags = data.get("unreadable_path")
-                unreadable.append(
-                    torch.tensor([bool(p) for p in flags], dtype=torch.bool)
-                    if flags is not None
-                    else torch.zeros(len(data["pid"]), dtype=torch.bool)
-                )
-                pids.append(data["pid"])
-                camids.append(data["camid"])
-                clothes.append(data.get("clothes_id", torch.full_like(data["pid"], -1)))
-                if "video_index" in data:
-                    video_index.append(data["video_index"])
-        features = self.gather(torch.cat(feats))
-        labels = {
-            key: self.gather(torch.cat(values))
-            for key, values in (
-                ("pids", pids),
-                ("camids", camids),
-                ("clothes", clothes),
-                ("unreadable", unreadable),
-            )
-        }
-        if video_index:
-            index = self.gather(torch.cat(video_index))
+
+        def batch_outputs(data: dict) -> dict[str, torch.Tensor]:
+            flags = data.get("unreadable_path")
+            outputs = {
+                "features": self._extract_batch(data),
+                "pids": data["pid"],
+                "camids": data["camid"],
+                "clothes": data.get("clothes_id", torch.full_like(data["pid"], -1)),
+                "unreadable": torch.tensor([bool(p) for p in flags], dtype=torch.bool)
+                if flags is not None
+                else torch.zeros(len(data["pid"]), dtype=torch.bool),
+            }
+            if "video_index" in data:
+                outputs["video_index"] = data["video_index"]
+            return outputs
+
+        labels = self.map_loader(loader, batch_outputs, "feature extraction")
+        features = labels.pop("features")
+        index = labels.pop("video_index", None)
+        if index is not None:
             num_videos = int(index.max()) + 1
             features = average_clip_features(features, index.to(features.device), num_videos)
             positions = torch.arange(len(index))

@@ -104,28 +104,23 @@ class PromptStage(Stage):
         model = engine.unwrapped_model
         model.eval()
         loader = engine.datamanager.train_loader_for_features(self.options.feature_batch_size)
-        feats: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-        pids = []
         unreadable: list[str] = []
         start = time.time()
-        oom = engine.explain_out_of_memory(
-            "the stage-1 feature cache",
-            f"test.batch_size={loader.batch_size}",
-            "lower test.batch_size or use runtime.amp 'bf16'",
-        )
-        with oom:
-            for data in engine.shard(loader):
-                unreadable += engine.unreadable_paths(data)
-                imgs = data["img"].to(engine.device, non_blocking=True)
-                camids = data["camid"].to(engine.device, non_blocking=True)
-                with engine.autocast():
-                    for modality in model.modalities:
-                        batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
-                        feats[modality].append(model.prompt_image_features(batch, camids).float())
-                pids.append(data["pid"].to(engine.device))
+
+        def batch_outputs(data: dict) -> dict[str, torch.Tensor]:
+            unreadable.extend(engine.unreadable_paths(data))
+            imgs = data["img"].to(engine.device, non_blocking=True)
+            camids = data["camid"].to(engine.device, non_blocking=True)
+            outputs = {"pids": data["pid"].to(engine.device)}
+            with engine.autocast():
+                for modality in model.modalities:
+                    batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
+                    outputs[modality] = model.prompt_image_features(batch, camids).float()
+            return outputs
+
+        cached = engine.map_loader(loader, batch_outputs, "the stage-1 feature cache")
         engine.report_unreadable(unreadable, "train", "stage 1 feature cache")
-        cached = {m: engine.gather(torch.cat(f)) for m, f in feats.items()}
-        labels = engine.gather(torch.cat(pids))
+        labels = cached.pop("pids")
         seconds = time.time() - start
         engine.count_throughput("stage1_cache_img", len(labels), seconds)
         engine.log(
