@@ -31,7 +31,7 @@ from csgn_plugin.data.synth import (
 )
 from csgn_plugin.data.synth import generator as generator_module
 from csgn_plugin.data.synth.render import SUPERSAMPLE, Pose, paint_person
-from csgn_plugin.data.synth.world import sample_camera
+from csgn_plugin.data.synth.world import ACCESSORIES, BAGS, HAIR_STYLES, sample_camera
 
 NAME = re.compile(r"^(\d+)_(\d+)_c(\d+)_(\d+)\.png$")
 INFO = {
@@ -256,6 +256,18 @@ def test_hard_shares_most_outfits_and_keeps_defaults_people():
     assert hard.identities == default.identities and hard.tracklets == default.tracklets
 
 
+def test_identity_cues_cover_every_option():
+    """Across many people every hair style, bag and head accessory occurs, hair is sometimes
+    dyed (a saturated colour) and bags and head accessories come in many colours."""
+    world = build_world(PRESETS["default"], 0)
+    people = list(world.identities.values())
+    assert {p.hair_style for p in people} == set(HAIR_STYLES)
+    assert {p.bag for p in people} == set(BAGS)
+    assert {p.accessory for p in people} == set(ACCESSORIES)
+    assert any(max(p.hair) - min(p.hair) > 0.4 for p in people)
+    assert len({p.bag_colour for p in people}) == len(people)
+
+
 IDENTITY = IdentitySpec(
     pid=0,
     shoulder=0.13,
@@ -265,6 +277,8 @@ IDENTITY = IdentitySpec(
     skin=(0.8, 0.6, 0.5),
     hair=(0.1, 0.05, 0.02),
     hair_style="short",
+    bag="none",
+    bag_colour=(0.9, 0.6, 0.0),
     accessory="glasses",
     accessory_colour=(0.0, 0.8, 0.0),
     stride=0.2,

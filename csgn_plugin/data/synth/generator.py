@@ -36,7 +36,7 @@ except ImportError:  # not POSIX: generation still works, without a cross-proces
     fcntl = None
 
 #: bump when a change to the generator changes any file; older trees are then regenerated
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "synthcc.json"
 SPLIT_DIRS = ("train", "query", "test")
 INFO_FILES = (
