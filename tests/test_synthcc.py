@@ -216,6 +216,18 @@ def test_a_tree_of_another_generator_version_is_regenerated(tmp_path, tiny):
     assert tree_digest(dataset_dir) == tree_digest(tiny)
 
 
+def test_a_tree_of_other_preset_numbers_is_regenerated(tmp_path, tiny):
+    dataset_dir = ensure_synthcc(str(tmp_path), "tiny", 0)
+    manifest_path = os.path.join(dataset_dir, "synthcc.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest["spec"]["num_train_ids"] += 1  # as if the preset had been edited since
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    assert ensure_synthcc(str(tmp_path), "tiny", 0) == dataset_dir
+    assert tree_digest(dataset_dir) == tree_digest(tiny)
+
+
 def test_foreign_or_damaged_folders_are_refused(tmp_path):
     foreign = tmp_path / "synthcc" / "tiny_seed0" / "train"
     foreign.mkdir(parents=True)
