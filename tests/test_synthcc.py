@@ -264,8 +264,26 @@ def test_hard_shares_most_outfits_and_keeps_defaults_people():
     assert len(hard.shared_outfits) > 0.75 * len(hard.outfits)
     assert len(default.shared_outfits) < 0.5 * len(default.outfits)
     # pooled outfits are worn by several people: fewer distinct outfits than (pid, outfit) pairs
-    assert len(set(hard.outfits.values())) <= 8 + len(hard.outfits) - len(hard.shared_outfits)
+    pool = hard.spec.shared_outfit_pool
+    assert len(set(hard.outfits.values())) <= pool + len(hard.outfits) - len(hard.shared_outfits)
     assert hard.identities == default.identities and hard.tracklets == default.tracklets
+
+
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_every_clothes_changing_query_has_a_cc_match_and_only_those(preset):
+    """Under CC, a query needs a gallery image of its person in another outfit on another
+    camera: every query of a clothes-changing test id has one (each outfit is seen by at least
+    two cameras), and the same-clothes ids' queries are the ones skipped."""
+    world = build_world(PRESETS[preset], 0)
+    test = [t for t in world.tracklets if t.split == "test"]
+    gallery = {(t.pid, t.outfit, t.camera) for t in test if len(t.frames) > 1}
+    changing = {pid for pid, outfit in world.outfits if outfit > 1}
+    for t in test:
+        matches = [k for k in gallery if k[0] == t.pid and k[1] != t.outfit and k[2] != t.camera]
+        assert bool(matches) == (t.pid in changing), t
+    spec = world.spec
+    num_same = round(spec.same_clothes_fraction * spec.num_test_ids)
+    assert len({t.pid for t in test} - changing) == num_same
 
 
 def test_identity_cues_cover_every_option():
