@@ -31,7 +31,7 @@ from csgn_plugin.data.synth import (
 )
 from csgn_plugin.data.synth import generator as generator_module
 from csgn_plugin.data.synth.render import SUPERSAMPLE, Pose, paint_person
-from csgn_plugin.data.synth.world import sample_camera
+from csgn_plugin.data.synth.world import ACCESSORIES, BAGS, HAIR_STYLES, sample_camera
 
 NAME = re.compile(r"^(\d+)_(\d+)_c(\d+)_(\d+)\.png$")
 INFO = {
@@ -216,6 +216,18 @@ def test_a_tree_of_another_generator_version_is_regenerated(tmp_path, tiny):
     assert tree_digest(dataset_dir) == tree_digest(tiny)
 
 
+def test_a_tree_of_other_preset_numbers_is_regenerated(tmp_path, tiny):
+    dataset_dir = ensure_synthcc(str(tmp_path), "tiny", 0)
+    manifest_path = os.path.join(dataset_dir, "synthcc.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest["spec"]["num_train_ids"] += 1  # as if the preset had been edited since
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    assert ensure_synthcc(str(tmp_path), "tiny", 0) == dataset_dir
+    assert tree_digest(dataset_dir) == tree_digest(tiny)
+
+
 def test_foreign_or_damaged_folders_are_refused(tmp_path):
     foreign = tmp_path / "synthcc" / "tiny_seed0" / "train"
     foreign.mkdir(parents=True)
@@ -252,8 +264,38 @@ def test_hard_shares_most_outfits_and_keeps_defaults_people():
     assert len(hard.shared_outfits) > 0.75 * len(hard.outfits)
     assert len(default.shared_outfits) < 0.5 * len(default.outfits)
     # pooled outfits are worn by several people: fewer distinct outfits than (pid, outfit) pairs
-    assert len(set(hard.outfits.values())) <= 8 + len(hard.outfits) - len(hard.shared_outfits)
+    pool = hard.spec.shared_outfit_pool
+    assert len(set(hard.outfits.values())) <= pool + len(hard.outfits) - len(hard.shared_outfits)
     assert hard.identities == default.identities and hard.tracklets == default.tracklets
+
+
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_every_clothes_changing_query_has_a_cc_match_and_only_those(preset):
+    """Under CC, a query needs a gallery image of its person in another outfit on another
+    camera: every query of a clothes-changing test id has one (each outfit is seen by at least
+    two cameras), and the same-clothes ids' queries are the ones skipped."""
+    world = build_world(PRESETS[preset], 0)
+    test = [t for t in world.tracklets if t.split == "test"]
+    gallery = {(t.pid, t.outfit, t.camera) for t in test if len(t.frames) > 1}
+    changing = {pid for pid, outfit in world.outfits if outfit > 1}
+    for t in test:
+        matches = [k for k in gallery if k[0] == t.pid and k[1] != t.outfit and k[2] != t.camera]
+        assert bool(matches) == (t.pid in changing), t
+    spec = world.spec
+    num_same = round(spec.same_clothes_fraction * spec.num_test_ids)
+    assert len({t.pid for t in test} - changing) == num_same
+
+
+def test_identity_cues_cover_every_option():
+    """Across many people every hair style, bag and head accessory occurs, hair is sometimes
+    dyed (a saturated colour) and bags and head accessories come in many colours."""
+    world = build_world(PRESETS["default"], 0)
+    people = list(world.identities.values())
+    assert {p.hair_style for p in people} == set(HAIR_STYLES)
+    assert {p.bag for p in people} == set(BAGS)
+    assert {p.accessory for p in people} == set(ACCESSORIES)
+    assert any(max(p.hair) - min(p.hair) > 0.4 for p in people)
+    assert len({p.bag_colour for p in people}) == len(people)
 
 
 IDENTITY = IdentitySpec(
@@ -265,6 +307,8 @@ IDENTITY = IdentitySpec(
     skin=(0.8, 0.6, 0.5),
     hair=(0.1, 0.05, 0.02),
     hair_style="short",
+    bag="none",
+    bag_colour=(0.9, 0.6, 0.0),
     accessory="glasses",
     accessory_colour=(0.0, 0.8, 0.0),
     stride=0.2,

@@ -1,9 +1,10 @@
 """SynthCC: a procedurally generated clothes-changing ReID dataset in LTCC's exact layout.
 
 ``ensure_synthcc(root, preset, seed)`` returns the folder of a tree (generated on first use) that
-LTCC's parser reads unchanged. Identities keep their build, skin, hair and accessory across
-outfits; outfits change colours and patterns (and are shared between some identities); cameras
-change the scene, light, scale, blur and noise. Pure numpy and Pillow: no torch, no torchreid.
+LTCC's parser reads unchanged. Identities keep their build, skin, hair, bag and head accessory
+across outfits; outfits change colours and patterns (and are shared between some identities);
+cameras change the scene, light, scale, blur and noise. Pure numpy and Pillow: no torch, no
+torchreid.
 """
 
 from __future__ import annotations

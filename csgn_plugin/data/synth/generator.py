@@ -36,7 +36,7 @@ except ImportError:  # not POSIX: generation still works, without a cross-proces
     fcntl = None
 
 #: bump when a change to the generator changes any file; older trees are then regenerated
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "synthcc.json"
 SPLIT_DIRS = ("train", "query", "test")
 INFO_FILES = (
@@ -217,8 +217,9 @@ def _check_complete(dataset_dir: str, manifest: dict) -> None:
 
 
 def _usable(dataset_dir: str, preset: str, seed: int) -> bool:
-    """True for a complete tree of this generator version; False when there is none or an
-    older version (which may be replaced); an error for anything else at that path."""
+    """True for a complete tree of this generator version and of the preset's current spec;
+    False when there is none, an older version or one made from another version of the preset's
+    numbers (either may be replaced); an error for anything else at that path."""
     if not os.path.exists(dataset_dir):
         return False
     manifest = _read_manifest(dataset_dir)
@@ -236,6 +237,8 @@ def _usable(dataset_dir: str, preset: str, seed: int) -> bool:
         )
     if manifest.get("generator_version") != GENERATOR_VERSION:
         return False
+    if manifest.get("spec") != json.loads(json.dumps(asdict(get_preset(preset)))):
+        return False  # the preset's numbers were changed since this tree was generated
     _check_complete(dataset_dir, manifest)
     return True
 
@@ -257,7 +260,10 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
         if _usable(dataset_dir, preset, seed):  # another process finished it while we waited
             return dataset_dir
         if os.path.exists(dataset_dir):
-            print(f"SynthCC: '{dataset_dir}' is from another generator version; regenerating")
+            print(
+                f"SynthCC: '{dataset_dir}' is from another generator version or preset spec; "
+                "regenerating"
+            )
             shutil.rmtree(dataset_dir)
         # we hold the lock, so any temporary folder left here is from a run that died
         for entry in os.listdir(parent):

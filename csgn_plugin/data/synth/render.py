@@ -1,7 +1,7 @@
 """Rendering one SynthCC image: a person drawn as a label map, painted, placed in a camera's scene.
 
 The person is drawn at twice the output resolution into a label map (skin, hair, top, bottom,
-shoes, accessory, dark details) with PIL's ImageDraw, painted with numpy (colours, clothes
+shoes, head accessory, bag, dark details) with PIL's ImageDraw, painted with numpy (colours, clothes
 patterns, shading), reduced by averaging (anti-aliased edges) and composited over the camera's
 background; the camera then applies light, colour cast, blur and noise.
 """
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .world import CameraSpec, IdentitySpec, OutfitSpec
 
 # labels of the person map (0 = not the person)
-BACKGROUND, SKIN, HAIR, TOP, BOTTOM, SHOES, ACCESSORY, DARK = range(8)
+BACKGROUND, SKIN, HAIR, TOP, BOTTOM, SHOES, ACCESSORY, DARK, BAG = range(9)
 SUPERSAMPLE = 2
 _DARK: tuple = (0.05, 0.05, 0.06)
 
@@ -84,9 +84,9 @@ def draw_labels(
         _ellipse(draw, head[0], head[1] - 0.1 * r, 1.45 * r, 1.35 * r, HAIR)
     elif style == "ponytail":
         _ellipse(draw, head[0] + 1.05 * r, head[1] + 0.5 * r, 0.45 * r, 0.9 * r, HAIR)
-    if identity.accessory == "backpack":
+    if identity.bag == "backpack":
         draw.rectangle(
-            (sx - 1.25 * sw, shoulder_y + 0.02 * ph, sx + 1.25 * sw, hip_y - 0.06 * ph), ACCESSORY
+            (sx - 1.25 * sw, shoulder_y + 0.02 * ph, sx + 1.25 * sw, hip_y - 0.06 * ph), BAG
         )
 
     # legs, shoes and the garment over them
@@ -130,11 +130,11 @@ def draw_labels(
         _ellipse(
             draw, sx + side * (sw - arm_w / 2), shoulder_y + arm_w / 2, arm_w / 2, arm_w / 2, TOP
         )
-    if identity.accessory == "backpack":
+    if identity.bag == "backpack":
         for side in (-1, 1):
             x = sx + side * 0.55 * sw
             draw.rectangle(
-                (x - 0.012 * ph, shoulder_y, x + 0.012 * ph, shoulder_y + 0.17 * ph), ACCESSORY
+                (x - 0.012 * ph, shoulder_y, x + 0.012 * ph, shoulder_y + 0.17 * ph), BAG
             )
 
     # arms swing against the legs
@@ -149,17 +149,17 @@ def draw_labels(
             _limb(draw, shoulder, hand, arm_w * 0.9, SKIN)
             _limb(draw, shoulder, _along(shoulder, hand, 0.4), arm_w, TOP)
         _ellipse(draw, hand[0], hand[1], 0.55 * arm_w, 0.6 * arm_w, SKIN)
-    if identity.accessory == "shoulder_bag":
+    if identity.bag == "shoulder_bag":
         _limb(
             draw,
             (sx - 0.7 * sw, shoulder_y),
             (hx + 1.1 * hw, hip_y - 0.02 * ph),
             0.022 * ph,
-            ACCESSORY,
+            BAG,
         )
         draw.rectangle(
             (hx + 0.85 * hw, hip_y - 0.07 * ph, hx + 0.85 * hw + 0.1 * ph, hip_y + 0.04 * ph),
-            ACCESSORY,
+            BAG,
         )
 
     # neck, head, hair on top, face
@@ -248,6 +248,7 @@ def paint_person(
             outfit.shoes,
             identity.accessory_colour,
             _DARK,
+            identity.bag_colour,
         ],
         dtype=np.float32,
     )

@@ -5,8 +5,9 @@ Every random draw comes from its own stream, seeded by ``(seed, kind, keys...)``
 which the others were drawn or written.
 
 * An identity carries what survives a change of clothes: build (shoulder, hip, head, legs), skin
-  and hair tone, hair style, one accessory (bag, cap, glasses, headphones, beard), gait (stride,
-  arm swing, lean).
+  tone, hair colour (natural or dyed) and style, a bag (backpack, shoulder bag or none) and a head
+  accessory (cap, glasses, headphones, beard or none), each in the person's own colour, gait
+  (stride, arm swing, lean).
 * An outfit is what changes: top and bottom colours, patterns, sleeve length, trousers / shorts /
   skirt, shoes. Some outfits come from a pool that several identities share (hard negatives).
 * A camera is a place and a sensor: background, horizon, light, colour cast, person scale, blur
@@ -29,7 +30,8 @@ Colour = tuple[float, float, float]  # RGB in [0, 1]
 SPLIT, IDENTITY, PLAN, OUTFIT, POOL, CAMERA, IMAGE, POOL_CHOICE = range(8)
 
 HAIR_STYLES = ("short", "long", "ponytail", "bun", "curly", "bald")
-ACCESSORIES = ("backpack", "shoulder_bag", "cap", "glasses", "headphones", "beard")
+BAGS = ("none", "backpack", "shoulder_bag")
+ACCESSORIES = ("none", "cap", "glasses", "headphones", "beard")
 TOP_PATTERNS = ("solid", "hstripes", "vstripes", "checks", "dots")
 BOTTOM_STYLES = ("trousers", "shorts", "skirt")
 
@@ -40,7 +42,11 @@ _HAIR_COLOURS: tuple[Colour, ...] = (
     (0.82, 0.67, 0.38),  # blond
     (0.55, 0.20, 0.09),  # auburn
     (0.62, 0.61, 0.60),  # grey
+    (0.66, 0.16, 0.07),  # red
+    (0.92, 0.88, 0.74),  # platinum
 )
+#: odds that a person's hair is dyed: any hue, vivid
+_DYED_ODDS = 0.35
 _SKIN_LIGHT: Colour = (0.96, 0.80, 0.69)
 _SKIN_DARK: Colour = (0.33, 0.20, 0.13)
 # colours clothes are most often in
@@ -73,7 +79,9 @@ class IdentitySpec:
     skin: Colour
     hair: Colour
     hair_style: str
-    accessory: str
+    bag: str  # 'none', 'backpack' or 'shoulder_bag'
+    bag_colour: Colour
+    accessory: str  # on the head: 'none', 'cap', 'glasses', 'headphones' or 'beard'
     accessory_colour: Colour
     stride: float  # largest leg angle of the walk (radians)
     arm_swing: float  # largest arm angle of the walk (radians)
@@ -166,20 +174,28 @@ def _contrasting(rng: np.random.Generator, base: Colour) -> Colour:
     return tuple(float(1.0 - v) for v in base)
 
 
+def _hair_colour(rng: np.random.Generator) -> Colour:
+    if rng.random() < _DYED_ODDS:
+        return _hsv(rng, (0.55, 0.95), (0.45, 0.95))
+    return _jitter(rng, _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], 0.05)
+
+
 def sample_identity(seed: int, pid: int) -> IdentitySpec:
     rng = stream(seed, IDENTITY, pid)
     tone = rng.uniform(0.0, 1.0)
     skin = tuple(float(a + tone * (b - a)) for a, b in zip(_SKIN_LIGHT, _SKIN_DARK))
     return IdentitySpec(
         pid=pid,
-        shoulder=float(rng.uniform(0.10, 0.155)),
-        hip=float(rng.uniform(0.08, 0.12)),
-        head=float(rng.uniform(0.055, 0.075)),
-        leg=float(rng.uniform(0.44, 0.52)),
+        shoulder=float(rng.uniform(0.095, 0.165)),
+        hip=float(rng.uniform(0.075, 0.125)),
+        head=float(rng.uniform(0.065, 0.085)),
+        leg=float(rng.uniform(0.42, 0.53)),
         skin=_jitter(rng, skin, 0.03),
-        hair=_jitter(rng, _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], 0.04),
+        hair=_hair_colour(rng),
         hair_style=HAIR_STYLES[rng.integers(len(HAIR_STYLES))],
-        accessory=ACCESSORIES[rng.integers(len(ACCESSORIES))],
+        bag=BAGS[rng.choice(len(BAGS), p=[0.3, 0.35, 0.35])],
+        bag_colour=_hsv(rng, (0.5, 1.0), (0.45, 1.0)),
+        accessory=ACCESSORIES[rng.choice(len(ACCESSORIES), p=[0.2, 0.2, 0.2, 0.2, 0.2])],
         accessory_colour=_hsv(rng, (0.5, 1.0), (0.45, 1.0)),
         stride=float(rng.uniform(0.04, 0.32)),
         arm_swing=float(rng.uniform(0.04, 0.35)),
