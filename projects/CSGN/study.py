@@ -5,7 +5,7 @@ one run whose metrics are stored in ``<out>/runs/.../metrics.json`` (an interrup
 the runs it already has). The summary is mean +- std over seeds of R1 and mAP under the general,
 CC and SC protocols, as ``<out>/study.{json,md,png}``.
 
-    python projects/CSGN/study.py          # default + hard, 2 seeds, 10 + 10 epochs, runs in parallel
+    python projects/CSGN/study.py          # default + hard, 2 seeds, 10 + 10 epochs, in parallel
     python projects/CSGN/study.py --smoke   # one tiny run per variant, a minute on a CPU
 """
 
