@@ -121,6 +121,8 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
         num_ids, num_cameras = dm.num_train_pids, dm.num_train_cams
     model = builders.build_model_from_config(cfg, num_classes=num_ids, num_cameras=num_cameras)
     model = model.to(args.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)
     engine = CCEngine(
         dm or SimpleNamespace(train_loader=SimpleNamespace(batch_size=args.batch), test_loader={}),
@@ -128,7 +130,9 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
         optimizer,
         None,
         builders.EngineOptions(
-            amp=builders.resolve_amp(cfg, use_gpu), loss=builders.loss_options(cfg)
+            amp=builders.resolve_amp(cfg, use_gpu),
+            loss=builders.loss_options(cfg),
+            channels_last=args.channels_last,
         ),
         use_gpu=use_gpu,
     )
@@ -183,7 +187,7 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
         model.set_stage(2)
         model.train()
     if args.compile:
-        engine.model = torch.compile(model)
+        engine.model = torch.compile(model, mode=args.compile_mode)
         start = time.perf_counter()
         step()
         if device == "cuda":
@@ -216,6 +220,13 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--amp", default="auto")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile mode ('reduce-overhead' adds CUDA graphs)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC images and weights")
     p.add_argument("--tiny", action="store_true", help="tiny towers (CPU smoke run)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM)")
     p.add_argument("--data", default="", help="also feed the step from this config's dataset")
@@ -240,6 +251,8 @@ def main():
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
+        "channels_last": args.channels_last,
+        "compile_mode": args.compile_mode if args.compile else None,
         "data": f"{args.data}, {args.workers} workers" if args.data else None,
         "rows": [{k: v for k, v in r.items() if k != "profile"} for r in rows],
     }

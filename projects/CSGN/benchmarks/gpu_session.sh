@@ -7,12 +7,15 @@
 #      with a torch.profiler table of the eager stage-2 step;
 #   3. bench_data.py: the training loader's images/s per worker count on the GPU host's CPUs;
 #   4. the CUDA-only tests (bf16 / fp16 stages, channels_last + compile, evaluator on GPU);
-#   5. if time is left: bench_train.py --compile.
+#   5. if time is left: bench_train.py --compile;
+#   6. the candidates the profile named: channels_last for the RN50 models, and CUDA graphs
+#      (compile mode 'reduce-overhead') for the ViT.
 #
 #   bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
+#   STEPS="channels_last cudagraphs" bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
 #
-# Results land in OUT_DIR (logs, JSON, markdown). Without a GPU, SMOKE=1 runs the same steps
-# with tiny towers on the CPU (to check the script itself).
+# Results land in OUT_DIR (logs, JSON, markdown). STEPS (names below) runs only those steps.
+# Without a GPU, SMOKE=1 runs the same steps with tiny towers on the CPU (to check the script).
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out"
@@ -42,6 +45,9 @@ fi
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   local left=$((budget - (SECONDS - started)))
   if [ "$left" -lt 20 ]; then
     echo "=== $name: skipped, ${left}s left of the session budget"
@@ -78,6 +84,11 @@ step tests_cuda 200 python -m pytest -q -p no:cacheprovider "${tests[@]}"
 if [ "$device" = cuda ]; then
   step bench_train_compile 200 python projects/CSGN/benchmarks/bench_train.py --device cuda \
     --compile --models clipreid_vitb16 csgn --steps 30 --tag _compile --out "$out"
+  step channels_last 120 python projects/CSGN/benchmarks/bench_train.py --device cuda \
+    --channels-last --models clipreid_rn50 csgn --steps 30 --tag _channels_last --out "$out"
+  step cudagraphs 200 python projects/CSGN/benchmarks/bench_train.py --device cuda --compile \
+    --compile-mode reduce-overhead --models clipreid_vitb16 --steps 30 --tag _cudagraphs \
+    --out "$out"
 fi
 
 echo "=== session done in $((SECONDS - started))s"
