@@ -240,8 +240,10 @@ class CCEngine(tr.engine.Engine):
                 for phase, r in report.items()
             )
         )
-        with open(os.path.join(save_dir, "throughput.json"), "w") as f:
+        path = os.path.join(save_dir, "throughput.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(report, f, indent=2)
+        os.replace(path + ".tmp", path)  # a crash never leaves half a file
 
     def record(self, key: str, step: int, value: float) -> None:
         """Keep a scalar for the plots and the tensorboard log."""
