@@ -63,3 +63,22 @@ def test_load_weights_refuses_a_file_without_tensors(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "x.pth")
     with pytest.raises(RuntimeError, match="no model state dict"):
         load_weights(torch.nn.Linear(2, 2), str(tmp_path / "x.pth"))
+
+
+def test_atomic_write_text_replaces_whole_files_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    from csgn_plugin.engine.checkpoint import atomic_write_text
+
+    path = tmp_path / "report.json"
+    atomic_write_text(str(path), "old")
+    atomic_write_text(str(path), "new")
+    assert path.read_text() == "new"
+
+    def broken_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_rename)
+    with pytest.raises(OSError):
+        atomic_write_text(str(path), "never")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]

@@ -56,6 +56,19 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's weights do not fit the model (refused, nothing loaded)."""
 
 
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a small text file (a JSON or markdown report) atomically: a temporary sibling, then a
+    rename, so a reader or a crash sees the old file or the new one, never half of one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically (temporary file + fsync + rename).
 

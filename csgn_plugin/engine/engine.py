@@ -54,6 +54,7 @@ from ..losses.triplet import HardTripletLoss
 from .checkpoint import (
     CheckpointMismatchError,
     atomic_save,
+    atomic_write_text,
     config_differences,
     extract_state_dict,
     fault_point,
@@ -240,10 +241,7 @@ class CCEngine(tr.engine.Engine):
                 for phase, r in report.items()
             )
         )
-        path = os.path.join(save_dir, "throughput.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(path + ".tmp", path)  # a crash never leaves half a file
+        atomic_write_text(os.path.join(save_dir, "throughput.json"), json.dumps(report, indent=2))
 
     def record(self, key: str, step: int, value: float) -> None:
         """Keep a scalar for the plots and the tensorboard log."""

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
-from csgn_plugin.engine.checkpoint import config_differences  # noqa: E402
+from csgn_plugin.engine.checkpoint import atomic_write_text, config_differences  # noqa: E402
 from csgn_plugin.launcher import main as launch  # noqa: E402
 
 CSGN = os.path.join(ROOT, "configs", "csgn_synthcc.yaml")
@@ -97,10 +97,7 @@ def run_one(out, preset, variant, seed, args):
     engine = launch(opts)
     results = engine.last_results["synthcc"]
     metrics = {p: {"r1": float(results[p].cmc[0]), "mAP": float(results[p].mAP)} for p in results}
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    with open(metrics_path + ".tmp", "w") as f:
-        json.dump(metrics, f)
-    os.replace(metrics_path + ".tmp", metrics_path)  # a killed study never leaves half a file
+    atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics))
     return metrics
 
 
@@ -161,7 +158,11 @@ def summarise(runs):
 
 
 def write_report(out, runs, summary, args):
-    cells = lambda p, v, pr, m: "{:.1f} ± {:.1f}".format(*summary[(p, v, pr, m)])  # noqa: E731
+    def cells(p, v, pr, m):
+        mean, std = summary[(p, v, pr, m)]
+        # one value (the chance row) has no spread to show
+        return f"{mean:.1f}" if len(runs[(p, v)]) == 1 else f"{mean:.1f} ± {std:.1f}"
+
     lines = [
         f"SynthCC accuracy study, {datetime.date.today().isoformat()}, "
         f"seeds {args.seeds}, command: `python {' '.join(sys.argv)}`",
@@ -171,25 +172,12 @@ def write_report(out, runs, summary, args):
     ]
     for preset, variant in runs:
         row = [cells(preset, variant, pr, m) for pr in PROTOCOLS for m in ("r1", "mAP")]
-        if len(runs[(preset, variant)]) == 1:  # one value (the chance row): no spread to show
-            row = [cell.split(" ± ")[0] for cell in row]
         lines.append(f"| {preset} | {variant} | " + " | ".join(row) + " |")
-    with open(os.path.join(out, "study.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(out, "study.json"), "w") as f:
-        json.dump(
-            {
-                "command": "python " + " ".join(sys.argv),
-                "seeds": args.seeds,
-                "rows": [
-                    {"preset": k[0], "variant": k[1], "protocol": k[2], "metric": k[3],
-                     "mean": v[0], "std": v[1]}
-                    for k, v in summary.items()
-                ],
-            },
-            f,
-            indent=2,
-        )  # fmt: skip
+    atomic_write_text(os.path.join(out, "study.md"), "\n".join(lines) + "\n")
+    keys = ("preset", "variant", "protocol", "metric")
+    rows = [{**dict(zip(keys, k)), "mean": v[0], "std": v[1]} for k, v in summary.items()]
+    report = {"command": "python " + " ".join(sys.argv), "seeds": args.seeds, "rows": rows}
+    atomic_write_text(os.path.join(out, "study.json"), json.dumps(report, indent=2))
     plot(out, runs, summary)
     print("\n".join(lines))
 

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from csgn_plugin import builders  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
+from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
 
 
 def loader_rate(cfg_file, opts, workers, batches):
@@ -69,8 +70,8 @@ def main():
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"data_benchmark_{args.tag}.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    stem = os.path.join(args.out, f"data_benchmark_{args.tag}")
+    atomic_write_text(stem + ".json", json.dumps(report, indent=2))
     lines = [
         f"{report['date']}, {report['cpu_count']} CPUs, load average {report['load_average']}",
         f"Command: `{report['command']}`; {report['input']}",
@@ -78,8 +79,7 @@ def main():
         "| workers | images/s |",
         "|---|---|",
     ] + [f"| {r['workers']} | {r['img_s']:.0f} |" for r in rows]
-    with open(os.path.join(args.out, f"data_benchmark_{args.tag}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(stem + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -40,6 +40,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO_ROOT))
 
+from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
 from csgn_plugin.evaluation import (  # noqa: E402
     PairwiseDistance,
     compute_distance_matrix,
@@ -308,12 +309,6 @@ def warm_up(device: torch.device) -> None:
 # --- report ------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def markdown(report: dict) -> str:
     lines = [
         f"# Evaluation benchmark ({report['device_kind']})",
@@ -416,8 +411,8 @@ def main() -> None:
     report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"eval_benchmark_{device.type}"
-    write_atomically(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_atomically(stem.with_suffix(".md"), markdown(report))
+    atomic_write_text(str(stem.with_suffix(".json")), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(str(stem.with_suffix(".md")), markdown(report))
     print(f"wrote {stem}.json and {stem}.md")
 
 

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from csgn_plugin import builders  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
+from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
 from csgn_plugin.engine.engine import CCEngine  # noqa: E402
 from csgn_plugin.engine.stages import PromptStage, PromptStageOptions  # noqa: E402
 from csgn_plugin.losses import MutualLoss  # noqa: E402
@@ -258,13 +259,15 @@ def main():
     }
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"train_benchmark_{args.device}{args.tag}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_text(stem + ".json", json.dumps(report, indent=2))
     if args.profile:
-        with open(stem + "_profile.txt", "w") as f:
-            for r in rows:
-                f.write(f"=== {r['model']}: {args.profile} eager stage-2 steps ===\n")
-                f.write(r["profile"] + "\n\n")
+        atomic_write_text(
+            stem + "_profile.txt",
+            "".join(
+                f"=== {r['model']}: {args.profile} eager stage-2 steps ===\n{r['profile']}\n\n"
+                for r in rows
+            ),
+        )
     lines = [
         f"Device: {report['device']}; torch {report['torch']}; {report['date']}",
         f"Command: `{report['command']}`",
@@ -285,8 +288,7 @@ def main():
             f"{cell(r, 'stage2_compiled_img_s')} | {cell(r, 'data_stage1_cache_img_s')} | "
             f"{cell(r, 'data_stage2_img_s')} |"
         )
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(stem + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
