@@ -1,10 +1,14 @@
 """What ``tools/train.py`` and ``tools/test.py`` run: torchreid main.py's flow, plus DDP.
 
-config file + ``KEY VALUE`` overrides -> checks (``builders.check_config``: nothing is read or
-built before the config is known to be consistent) -> log tee into ``save_dir`` -> seed ->
-environment info -> data (+ ``check_data``) -> model (+ weights, + ``check_input_size``) ->
-optimizer -> scheduler -> engine (+ resume) -> ``engine.run``. An exception that stops the run is
-also written into the log file.
+config file + ``KEY VALUE`` overrides -> checks (``checks.check_config``: nothing is read or
+built before the config is known to be consistent) -> log tee into the run's folder -> seed ->
+environment info -> runtime -> data (+ ``check_data``) -> model (+ weights, +
+``check_input_size``) -> optimizer -> scheduler -> engine (+ resume) -> ``engine.run``. An
+exception that stops the run is also written into the log file.
+
+Training writes into ``data.save_dir``. Evaluation only (``tools/test.py``) writes into a folder
+of its own, ``data.save_dir/eval/<time>/`` (log, ``results.json``, ranked images), and never
+touches the training checkpoints there.
 
 Under ``torchrun`` (WORLD_SIZE > 1) every process joins one process group (NCCL on GPUs, gloo on
 CPUs) whose collectives give up after ``runtime.dist_timeout_s``: a rank that dies or hangs stops
@@ -24,10 +28,11 @@ import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from . import builders
+from . import builders, checks
 from .compat import torchreid_api
 from .config import load_config
 from .engine.checkpoint import load_weights
+from .progress import get_logger
 
 tr = torchreid_api()
 
@@ -94,23 +99,27 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if test_only:
         opts += ["test.evaluate", "True"]
     cfg = load_config(args.config_file, opts)
-    builders.check_config(cfg, _world_size())
-    use_gpu = builders.resolve_device(cfg)
-    builders.resolve_amp(cfg, use_gpu)
+    checks.check_config(cfg, _world_size())
+    use_gpu = checks.resolve_device(cfg)
+    checks.resolve_amp(cfg, use_gpu)
     rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+    if cfg.test.evaluate:
+        run_dir = os.path.join(cfg.data.save_dir, "eval", stamp)
+    else:
+        run_dir = cfg.data.save_dir
 
     original_stdout = sys.stdout
     if rank == 0:
-        os.makedirs(cfg.data.save_dir, exist_ok=True)
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+        os.makedirs(run_dir, exist_ok=True)
         name = "test.log" if cfg.test.evaluate else "train.log"
-        sys.stdout = Tee(original_stdout, os.path.join(cfg.data.save_dir, f"{name}-{stamp}"))
+        sys.stdout = Tee(original_stdout, os.path.join(run_dir, f"{name}-{stamp}"))
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
-        return _run(cfg, use_gpu, rank, world_size)
+        return _run(cfg, use_gpu, rank, world_size, run_dir)
     except Exception as exc:
-        print(f"=> Stopped by {type(exc).__name__}: {exc}", flush=True)  # into the log file too
+        get_logger().error(f"=> Stopped by {type(exc).__name__}: {exc}")  # into the log file too
         raise
     finally:
         sys.stdout.close()
@@ -119,24 +128,27 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
             dist.destroy_process_group()
 
 
-def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int) -> object:
-    print(f"Show configuration\n{cfg}\n")
-    print(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
+def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int, run_dir: str) -> object:
+    log = get_logger().info
+    log(f"Show configuration\n{cfg}\n")
+    log(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
+    log(checks.describe_model_choice(cfg))
     tr.utils.set_random_seed(cfg.train.seed)
     if use_gpu:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    runtime = builders.build_runtime(cfg, use_gpu, rank, world_size)
     datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
-    builders.check_data(cfg, datamanager)
+    checks.check_data(cfg, datamanager)
     model = builders.build_model(cfg, datamanager, use_gpu)
     if cfg.model.load_weights:
         report = load_weights(model, cfg.model.load_weights, strict=cfg.model.strict_load)
-        print(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
-    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
+        log(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
+    device = runtime.device
     model = model.to(device)
-    builders.check_input_size(cfg, model, device)
+    checks.check_input_size(cfg, model, device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)
@@ -147,13 +159,11 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int) -> object:
         )
     if cfg.runtime.compile:
         model = torch.compile(model)
-    engine = builders.build_engine(
-        cfg, datamanager, model, optimizer, scheduler, use_gpu, rank, world_size
-    )
+    engine = builders.build_engine(cfg, datamanager, model, optimizer, scheduler, runtime)
     resume = _resume_path(cfg.model.resume, cfg.data.save_dir)
     if resume and not cfg.test.evaluate:
         engine.resume(resume)
-    engine.run(**builders.engine_run_kwargs(cfg))
+    engine.run(**{**builders.engine_run_kwargs(cfg), "save_dir": run_dir})
     if world_size > 1:
         dist.barrier()
     return engine

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from csgn_plugin import builders
 from csgn_plugin.config import load_config
@@ -38,44 +37,59 @@ def test_every_trainable_parameter_is_in_exactly_one_group(optim):
     assert lrs[id(names[weight])] == pytest.approx(0.01)
 
 
-def test_schedule_warms_up_then_decays():
-    cfg = load_config(
-        "",
-        ["train.warmup_epochs", "2", "train.warmup_factor", "0.1", "train.lr_scheduler",
-         "multi_step", "train.stepsize", "[4, 6]", "train.gamma", "0.1"],
-    )  # fmt: skip
-    factors = [builders.lr_factor(cfg, e) for e in range(8)]
-    assert factors == pytest.approx([0.1, 0.55, 1, 1, 0.1, 0.1, 0.01, 0.01])
-    cosine = load_config("", ["train.lr_scheduler", "cosine", "train.max_epoch", "4"])
-    assert [builders.lr_factor(cosine, e) for e in (0, 2, 4)] == pytest.approx([1, 0.5, 0])
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
-    scheduler = builders.build_scheduler(cfg, opt)
-    for _ in range(4):
-        opt.step()
-        scheduler.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
-
-
 def test_engine_reports_the_configured_lr_not_the_bias_lr():
     from types import SimpleNamespace
-
-    from csgn_plugin.engine.engine import CCEngine
 
     cfg = tiny_csgn_cfg()
     model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
     model.set_stage(2)
     optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
     data = SimpleNamespace(train_loader=None, test_loader={})
-    engine = CCEngine(data, model, optimizer)
+    runtime = builders.build_runtime(cfg, use_gpu=False)
+    engine = builders.build_engine(cfg, data, model, optimizer, None, runtime)
     assert engine.get_current_lr() == pytest.approx(0.01)  # train.lr; biases run at 0.02
 
 
-def test_stage1_cosine_warms_up_then_ends_at_lr_min():
-    from csgn_plugin.engine.stages import cosine_with_warmup
+def test_csgn_part_factors_and_bias_factor_multiply():
+    cfg = tiny_csgn_cfg(
+        "csgn.vit_lr_factor", "0.5", "csgn.resnet_lr_factor", "4.0", "csgn.fusion_lr_factor",
+        "10.0", "csgn.head_lr_factor", "3.0",
+    )  # fmt: skip
+    model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
+    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    expected = {  # name -> train.lr (0.01) x part factor x bias factor (2)
+        "vss.vit.conv1.weight": 0.01 * 0.5,
+        "vss.vit.transformer.resblocks.0.attn.in_proj_bias": 0.01 * 0.5 * 2,
+        "vss.resnet.conv1.weight": 0.01 * 4.0,
+        "vss.fusion.linear.weight": 0.01 * 10.0,
+        "vss.fusion.linear.bias": 0.01 * 10.0 * 2,
+        "vss.necks.proj.weight": 0.01 * 3.0,
+        "vss.classifiers.local.weight": 0.01 * 3.0,
+    }
+    for name, lr in expected.items():
+        assert lrs[id(names[name])] == pytest.approx(lr), name
+    # the ViT's biases (0.5 x 2) share train.lr's group, which comes first (the engine logs it)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
 
-    lr, lr_min = 3.5e-4, 1e-6
-    lrs = [lr * cosine_with_warmup(e, 10, 2, 0.1, floor=lr_min / lr) for e in (0, 1, 2, 6, 10)]
-    # warm-up 0.1 -> 1 over 2 epochs; cosine from lr at epoch 2 to lr_min at epoch 10
-    assert lrs == pytest.approx([3.5e-5, 1.925e-4, 3.5e-4, (lr + lr_min) / 2, lr_min])
-    with pytest.raises(ValueError, match="stage1.lr_min"):
-        builders.check_config(load_config("", ["stage1.lr_min", "0.1"]), world_size=1)
+
+def test_torchreid_staged_lr_gives_new_layers_the_base_lr():
+    cfg = load_config(
+        "",
+        ["model.name", "osnet_x0_25", "train.lr", "0.1", "train.staged_lr", "True",
+         "train.new_layers", "['classifier']", "train.base_lr_mult", "0.1"],
+    )  # fmt: skip
+    from csgn_plugin.compat import torchreid_api
+
+    model = torchreid_api().models.build_model("osnet_x0_25", num_classes=5, pretrained=False)
+    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        expected = 0.1 if name.startswith("classifier.") else 0.01
+        assert lrs[id(param)] == pytest.approx(expected), name
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    bad = load_config("", ["model.name", "osnet_x0_25", "train.staged_lr", "True",
+                           "train.new_layers", "['clasifier']"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"train\.new_layers \['clasifier'\]"):
+        builders.build_optimizer(bad, model, use_gpu=False)

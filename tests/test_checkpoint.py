@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from csgn_plugin.engine.checkpoint import atomic_save, load_weights, rng_state, set_rng_state
+from csgn_plugin.engine.checkpoint import load_weights, rng_state, set_rng_state
+from csgn_plugin.fileio import atomic_save
 
 
 class Unpicklable:
@@ -68,7 +69,7 @@ def test_load_weights_refuses_a_file_without_tensors(tmp_path):
 def test_atomic_write_text_replaces_whole_files_and_leaves_no_temporary(tmp_path, monkeypatch):
     import os
 
-    from csgn_plugin.engine.checkpoint import atomic_write_text
+    from csgn_plugin.fileio import atomic_write_text
 
     path = tmp_path / "report.json"
     atomic_write_text(str(path), "old")

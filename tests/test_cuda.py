@@ -24,7 +24,7 @@ def cuda_opts(tmp_path, save, model="csgn", *extra):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_csgn_trains_both_stages_on_cuda(tmp_path, amp):
     engine = main(cuda_opts(tmp_path, tmp_path / amp, "csgn", "runtime.amp", amp))
-    assert engine.options.amp == amp
+    assert engine.runtime.amp == amp
     assert (engine.scaler is not None) == (amp == "fp16")
     assert next(engine.unwrapped_model.parameters()).is_cuda
     losses = [v for key in ("Train/hsf", "Train/id") for _, v in engine.history[key]]
@@ -41,7 +41,7 @@ def test_csgn_trains_both_stages_on_cuda(tmp_path, amp):
 def test_baseline_trains_with_channels_last_and_compile(tmp_path):
     extra = ["runtime.channels_last", "True", "runtime.compile", "True", "train.max_epoch", "1"]
     engine = main(cuda_opts(tmp_path, tmp_path / "compiled", "osnet", *extra))
-    assert engine.options.channels_last
+    assert engine.runtime.channels_last
     assert hasattr(engine.model, "_orig_mod")  # the compiled wrapper trained
     assert set(engine.last_results["synthcc"]) == {"general", "cc", "sc"}
 

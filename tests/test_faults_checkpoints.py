@@ -11,7 +11,8 @@ import torch
 from run_helpers import checkpoint, opts
 
 from csgn_plugin.compat import torchreid_api
-from csgn_plugin.engine.checkpoint import CheckpointMismatchError, atomic_save, load_weights
+from csgn_plugin.engine.checkpoint import CheckpointMismatchError, load_weights
+from csgn_plugin.fileio import atomic_save
 from csgn_plugin.launcher import main
 from csgn_plugin.modeling import CSGN, preset_config
 

@@ -182,9 +182,9 @@ def test_skip_policy_trains_reports_and_leaves_bad_test_images_out(damaged, caps
     )
     out = capsys.readouterr().out
     # stage 1 caches every training image once, so every unreadable one was met and counted
-    assert set(engine.unreadable["train"]) == set(bad["train"])
-    assert set(engine.unreadable["synthcc query"]) == set(bad["query"])
-    assert set(engine.unreadable["synthcc gallery"]) == set(bad["gallery"])
+    assert set(engine.runtime.unreadable.counts["train"]) == set(bad["train"])
+    assert set(engine.runtime.unreadable.counts["synthcc query"]) == set(bad["query"])
+    assert set(engine.runtime.unreadable.counts["synthcc gallery"]) == set(bad["gallery"])
     assert "stage 1 feature cache: 3 item(s) replaced" in out
     assert f"Extracted {len(ds.query) - 1} query and {len(ds.gallery) - 1} gallery" in out
     general = engine.last_results["synthcc"]["general"]

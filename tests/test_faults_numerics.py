@@ -11,22 +11,32 @@ import pytest
 import torch
 from run_helpers import checkpoint, opts
 
-from csgn_plugin import builders
-from csgn_plugin.engine.engine import CCEngine, NonFiniteLossError
+from csgn_plugin import builders, checks
+from csgn_plugin.engine.engine import CCEngine
 from csgn_plugin.launcher import main
+from csgn_plugin.losses.objective import LossTerms
+from csgn_plugin.runtime import NonFiniteLossError
 
 
 def poison_loss_at(monkeypatch, step):
-    """The loss of training step ``step`` (1-based) becomes NaN, as after an overflow."""
-    original = CCEngine.compute_losses
+    """The loss of training step ``step`` (1-based) becomes NaN, as after an overflow: the
+    objective the engine is built with is wrapped (one call per step)."""
+    original = builders.build_objective
 
-    def compute_losses(self, outputs, pids):
-        total, terms = original(self, outputs, pids)
-        if self.global_step + 1 == step:
-            return total * math.nan, {k: v * math.nan for k, v in terms.items()}
-        return total, terms
+    def build_objective(cfg, model):
+        objective = original(cfg, model)
+        calls = []
 
-    monkeypatch.setattr(CCEngine, "compute_losses", compute_losses)
+        def poisoned(outputs, pids):
+            calls.append(1)
+            losses = objective(outputs, pids)
+            if len(calls) == step:
+                return LossTerms({k: v * math.nan for k, v in losses.terms.items()}, {})
+            return losses
+
+        return poisoned
+
+    monkeypatch.setattr(builders, "build_objective", build_objective)
 
 
 def adam_steps(optimizer):
@@ -88,6 +98,7 @@ def test_skip_policy_skips_the_bad_step_and_finishes(tmp_path, monkeypatch, caps
 def test_fp16_overflow_is_absorbed_by_the_gradient_scaler(tmp_path, monkeypatch):
     """fp16 with its scaler on the CPU (refused by the config checks, which want CUDA; forced
     here), scale 1 so only the injected overflow counts: an Inf gradient at step 3."""
+    monkeypatch.setattr(checks, "resolve_amp", lambda cfg, use_gpu: "fp16")
     monkeypatch.setattr(builders, "resolve_amp", lambda cfg, use_gpu: "fp16")
     monkeypatch.setattr(
         torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=1.0)
@@ -103,7 +114,7 @@ def test_fp16_overflow_is_absorbed_by_the_gradient_scaler(tmp_path, monkeypatch)
 
     monkeypatch.setattr(CCEngine, "_step", step)
     engine = main(opts(tmp_path / "data", tmp_path / "run", "osnet"))
-    assert engine.options.amp == "fp16" and engine.scaler.get_scale() == 0.5  # halved once
+    assert engine.runtime.amp == "fp16" and engine.scaler.get_scale() == 0.5  # halved once
     assert adam_steps(engine.optimizer) == engine.global_step - 1 == 8  # step 3 not applied
     assert engine.skipped_steps == 0  # the loss stayed finite: nothing for nan_policy to do
     final = checkpoint(tmp_path / "run")["state_dict"]

@@ -10,22 +10,23 @@ import pytest
 import torch
 from run_helpers import assert_same_weights, checkpoint, opts
 
-from csgn_plugin.engine.checkpoint import CheckpointWriteError
 from csgn_plugin.engine.engine import CCEngine
+from csgn_plugin.evaluation.evaluator import Evaluator
+from csgn_plugin.fileio import CheckpointWriteError
 from csgn_plugin.launcher import main
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 20.00 GiB"
 
 
 def test_out_of_memory_in_a_training_step_names_the_batch_size(tmp_path, monkeypatch):
-    original = CCEngine.compute_losses
+    original = CCEngine._step
 
-    def compute_losses(self, outputs, pids):
+    def step(self, data):
         if self.global_step + 1 == 3:
             raise torch.OutOfMemoryError(CUDA_OOM)
-        return original(self, outputs, pids)
+        return original(self, data)
 
-    monkeypatch.setattr(CCEngine, "compute_losses", compute_losses)
+    monkeypatch.setattr(CCEngine, "_step", step)
     save = tmp_path / "run"
     with pytest.raises(torch.OutOfMemoryError) as err:
         main(opts(tmp_path / "data", save, "osnet", "runtime.checkpoint_iters", "2"))
@@ -37,10 +38,10 @@ def test_out_of_memory_in_a_training_step_names_the_batch_size(tmp_path, monkeyp
 
 
 def test_out_of_memory_in_evaluation_names_the_test_batch_size(tmp_path, monkeypatch):
-    def extract_batch(self, data):
+    def features(self, model, data):
         raise torch.OutOfMemoryError(CUDA_OOM)
 
-    monkeypatch.setattr(CCEngine, "_extract_batch", extract_batch)
+    monkeypatch.setattr(Evaluator, "_features", features)
     with pytest.raises(torch.OutOfMemoryError, match=r"test\.batch_size=128.*lower test\.batch"):
         main(opts(tmp_path / "data", tmp_path / "run", "osnet", "train.max_epoch", "1"))
 

@@ -45,24 +45,24 @@ def test_both_stages_run_and_frozen_parts_stay_frozen(straight):
     # the text bank the engine holds is the one of the final prompts
     with torch.no_grad():
         ids = torch.arange(model.num_ids)
-        for modality, bank in engine.text_bank.items():
+        for modality, bank in engine.objective.text_bank.items():
             torch.testing.assert_close(model.prompt_features(ids, modality).float(), bank)
 
 
 def test_interrupted_in_stage_1_resumes_to_the_same_weights(straight, monkeypatch):
     tmp, _, expected = straight
     save = tmp / "stage1_killed"
-    original = stages.cosine_with_warmup
+    original = stages.PromptStage.step_loss
 
-    def stop_at_epoch_2(epoch, *args, **kwargs):
-        if epoch == 2:
+    def stop_at_epoch_2(self, *args, **kwargs):
+        if self.epoch == 2:
             raise KeyboardInterrupt("simulated kill in stage 1")
-        return original(epoch, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "cosine_with_warmup", stop_at_epoch_2)
+    monkeypatch.setattr(stages.PromptStage, "step_loss", stop_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         main(csgn_opts(tmp, save))
-    monkeypatch.setattr(stages, "cosine_with_warmup", original)
+    monkeypatch.undo()
     state = load_checkpoint(save / "checkpoints" / "last.pth")
     assert state["stages"]["prompt"] == {**state["stages"]["prompt"], "epoch": 2, "finished": False}
     main(csgn_opts(tmp, save, "model.resume", "auto"))
@@ -99,5 +99,5 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
             "train.max_epoch", "1",
         )
     )  # fmt: skip
-    assert engine.options.amp == "bf16"
+    assert engine.runtime.amp == "bf16"
     assert all(torch.isfinite(torch.tensor(v)).all() for _, v in engine.history["Train/hsf"])

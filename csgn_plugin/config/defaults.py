@@ -23,9 +23,10 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.model.pretrained = False  # True downloads ImageNet/CLIP weights (needs network)
     cfg.model.load_weights = ""  # path to model weights (torchreid's load_pretrained_weights)
     cfg.model.resume = ""  # path to a checkpoint to resume from ('auto': the last in save_dir)
-    # plugin addition: refuse model.load_weights unless every tensor of the model is in the file
-    # with the right shape (False: load what fits and report the rest)
-    cfg.model.strict_load = False
+    # plugin addition: model.load_weights must fill every tensor of the model with one of the
+    # right shape and bring nothing the model lacks; False opts in to partial loading (what
+    # fits is loaded, what stayed random is listed as a warning)
+    cfg.model.strict_load = True
 
     cfg.data = CN()
     cfg.data.type = "image"
@@ -72,6 +73,8 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.train.batch_size = 32
     cfg.train.fixbase_epoch = 0
     cfg.train.open_layers = ["classifier"]
+    # torchreid's staged lr: the modules named in new_layers (top-level attribute names) train at
+    # train.lr, every other parameter at train.lr x base_lr_mult
     cfg.train.staged_lr = False
     cfg.train.new_layers = ["classifier"]
     cfg.train.base_lr_mult = 0.1
@@ -83,7 +86,10 @@ def _torchreid_sections(cfg: CN) -> None:
     # plugin additions to torchreid's train section
     cfg.train.bias_lr_factor = 1.0  # lr multiplier of bias parameters (CLIP-ReID: 2)
     cfg.train.warmup_epochs = 0  # linear warm-up epochs before the scheduler's decay
-    cfg.train.warmup_factor = 0.1  # lr multiplier at the first warm-up epoch
+    cfg.train.warmup_factor = 0.1  # lr multiplier at warm-up index 0
+    # when the epoch scheduler steps: 'epoch_end' (torchreid: epoch e runs at index e - 1) or
+    # 'epoch_start' (CLIP-ReID: epoch e runs at index e, e.g. its first epoch at 0.19 x lr)
+    cfg.train.step_scheduler_at = "epoch_end"
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9

@@ -53,16 +53,24 @@ def add_model_sections(cfg: CN) -> None:
     # ResNet map), 'proj' (joint-space feature); ['auto'] = every part the model has
     cfg.csgn.test_parts = ["auto"]
     cfg.csgn.test_flip = False  # average the features of the image and its mirror image
+    # stage-2 learning-rate factors per part of 'csgn' (x train.lr, x train.bias_lr_factor for
+    # biases): the ViT tower, the ResNet tower, the fusion layers, the BN necks and classifiers
+    cfg.csgn.vit_lr_factor = 1.0
+    cfg.csgn.resnet_lr_factor = 1.0
+    cfg.csgn.fusion_lr_factor = 1.0
+    cfg.csgn.head_lr_factor = 1.0
 
     cfg.stage1 = CN()  # prompt learning over cached CLIP image features (CLIP-ReID stage 1)
     cfg.stage1.max_epoch = 120  # CLIP-ReID: 120 (ViT-B/16), 60 (RN50); 0 skips the stage
     cfg.stage1.batch_size = 64  # cached features per step
     cfg.stage1.lr = 3.5e-4  # Adam on the prompt vectors only
     cfg.stage1.weight_decay = 1e-4
-    cfg.stage1.warmup_epochs = 5  # linear warm-up, then cosine decay
-    # lr multiplier at the first warm-up epoch (CLIP-ReID: warm-up from 1e-5 = 3.5e-4 x 0.0286)
-    cfg.stage1.warmup_factor = 0.0286
-    cfg.stage1.lr_min = 1e-6  # the cosine ends here, not at 0 (CLIP-ReID's stage-1 floor)
+    # CLIP-ReID's stage-1 schedule (timm's cosine): epoch e of 1..max_epoch runs at
+    # warmup_lr + e (lr - warmup_lr) / warmup_epochs while e < warmup_epochs, then at
+    # lr_min + (lr - lr_min) (1 + cos(pi e / max_epoch)) / 2
+    cfg.stage1.warmup_epochs = 5
+    cfg.stage1.warmup_lr = 1e-5
+    cfg.stage1.lr_min = 1e-6
     # weight of the cross-modal mutual term (rgb images <-> gray prompts, gray images <-> rgb
     # prompts); 0 = each modality only with itself
     cfg.stage1.cross_modal_weight = 0.0

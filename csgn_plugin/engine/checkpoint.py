@@ -1,28 +1,19 @@
-"""Crash-safe checkpoints: atomic writes, full training state, reported weight loading.
+"""Crash-safe checkpoints: the whole training state, written atomically, restored exactly.
 
 A checkpoint is a dict whose ``state_dict`` holds the model weights (so torchreid's
-``load_pretrained_weights`` reads it) and whose other keys hold everything a resume needs.
-Files are written to a temporary sibling, fsynced, then renamed over the target: a crash or a full
-disk at any moment leaves either the old complete file or the new complete file, never half.
-
-:func:`fault_point` is the fault tests' hook: with the environment variable ``CSGN_FAULT_KILL``
-set to ``POINT:N`` (or ``POINT:N:RANK``), the process SIGKILLs itself the N-th time it passes
-``POINT`` (``stage1_epoch``, ``train_step``, ``checkpoint_write``): a ``kill -9`` at an exact
-place. Unset, it costs one environment lookup.
+``load_pretrained_weights`` reads it), whose ``model_spec`` says how to rebuild the model without
+a config file, and whose other keys hold everything a resume needs: the optimizer, scheduler,
+gradient scaler, stages, random generators and the loop's progress. :class:`Checkpointer` writes
+and restores it; files are written with :func:`csgn_plugin.fileio.atomic_save`.
 """
 
 from __future__ import annotations
 
-import errno as errno_codes
-import glob
 import os
 import random
-import shutil
-import signal
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -30,89 +21,12 @@ import yaml
 from torch import nn
 
 from ..compat import load_checkpoint
-
-FAULT_ENV = "CSGN_FAULT_KILL"
-_fault_passes: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """SIGKILL this process here when ``CSGN_FAULT_KILL`` asks for it (tests only)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, count, *rank = spec.split(":")
-    if point != name or (rank and rank[0] != os.environ.get("RANK", "0")):
-        return
-    _fault_passes[name] = _fault_passes.get(name, 0) + 1
-    if _fault_passes[name] == int(count):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the file it was to replace is untouched."""
+from ..fileio import atomic_save
+from ..runtime import NonFiniteLossError, Runtime
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's weights do not fit the model (refused, nothing loaded)."""
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a small text file (a JSON or markdown report) atomically: a temporary sibling, then a
-    rename, so a reader or a crash sees the old file or the new one, never half of one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename).
-
-    Any failure (full disk, quota, an object that cannot be saved) removes the temporary file
-    and raises :class:`CheckpointWriteError`; ``path`` keeps its previous content. Temporary
-    files left by writers killed mid-write are removed after the next successful save.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base = os.path.basename(path)
-    tmp = os.path.join(directory, f"{base}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        # os.open with 0o666 honours the umask (mkstemp would make the checkpoint owner-only)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            torch.save(obj, f)
-            fault_point("checkpoint_write")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: pass through
-            raise
-        # torch's writer turns a failed write (ENOSPC, EFBIG) into a RuntimeError; the OSError
-        # it caught is its context
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__context__
-        code = cause.errno if isinstance(cause, OSError) and cause.errno else errno_codes.EIO
-        detail = f"{type(cause or exc).__name__}: {cause or exc}"
-        free = shutil.disk_usage(directory).free / 2**20
-        raise CheckpointWriteError(
-            code,
-            f"could not write checkpoint '{path}' ({detail}); the previous checkpoint, if any, "
-            f"is intact ({free:.0f} MiB free in '{directory}')",
-        ) from exc
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(base) + ".*.tmp")):
-        os.remove(stale)
 
 
 def rng_state() -> dict:
@@ -241,3 +155,101 @@ def config_differences(saved: str, current: str, limit: int = 10) -> list[str]:
     a, b = flat(yaml.safe_load(saved) or {}), flat(yaml.safe_load(current) or {})
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
+
+
+class Checkpointer:
+    """Writes ``save_dir/checkpoints/{name}.pth`` with the whole training state and restores it.
+
+    ``components`` are the objects whose ``state_dict()`` a resume needs (optimizer, scheduler,
+    scaler; ``None`` entries are stored as ``None``); ``stages`` are saved under ``'stages'`` by
+    name. The loop's own progress (epoch, batch, step, best, history, ...) is passed to
+    :meth:`save` and stored at the top level, where :meth:`resume` returns it from.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        model: nn.Module,
+        model_spec: Optional[dict],
+        config_dump: str,
+        components: dict[str, Any],
+        stages: list,
+    ) -> None:
+        self.runtime = runtime
+        self.model = model
+        self.model_spec = model_spec
+        self.config_dump = config_dump
+        self.components = components
+        self.stages = stages
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.runtime.save_dir, "checkpoints", f"{name}.pth")
+
+    def state(self, progress: dict) -> dict:
+        state = {
+            "state_dict": self.model.state_dict(),
+            "model_spec": self.model_spec,
+            "config": self.config_dump,
+            "rng": rng_state(),
+            "stages": {s.name: s.state_dict() for s in self.stages},
+            **{k: (c.state_dict() if c is not None else None) for k, c in self.components.items()},
+        }
+        overlap = set(state) & set(progress)
+        if overlap:
+            raise KeyError(f"checkpoint progress keys {sorted(overlap)} clash with the state keys")
+        return {**state, **progress}
+
+    def check_weights_finite(self, where: str) -> None:
+        """Refuse to checkpoint NaN/Inf weights (a step can break them with a finite loss)."""
+        tensors = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        if not tensors or torch.stack([v.isfinite().all() for v in tensors.values()]).all():
+            return
+        bad = [k for k, v in tensors.items() if not v.isfinite().all()]
+        raise NonFiniteLossError(
+            f"non-finite weights after {where} ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); no checkpoint written: the last checkpoint in "
+            f"'{self.runtime.save_dir}' is the last good state. Lower the learning rate or use "
+            "runtime.amp 'bf16' or 'off'."
+        )
+
+    def save(self, name: str, progress: dict, where: str) -> None:
+        """Write the checkpoint (main process), never from non-finite weights (every rank
+        checks, so all stop together)."""
+        self.check_weights_finite(where)
+        if self.runtime.is_main:
+            atomic_save(self.state(progress), self.path(name))
+        self.runtime.barrier()
+
+    def resume(self, path: str) -> dict:
+        """Restore every component, stage, random generator and the weights from ``path``;
+        returns the checkpoint (whose top-level progress keys the loop reads back)."""
+        state = load_checkpoint(path, map_location=self.runtime.device)
+        missing = [k for k in ("state_dict", "stages", "rng", *self.components) if k not in state]
+        if missing:
+            raise RuntimeError(
+                f"'{path}' is not a full training checkpoint of this plugin (missing "
+                f"{missing}); to start from its weights use model.load_weights instead"
+            )
+        self._load_exact_weights(extract_state_dict(state, path), path, state.get("config", ""))
+        for key, component in self.components.items():
+            if component is not None and state[key] is not None:
+                component.load_state_dict(state[key])
+        for stage in self.stages:
+            if stage.name in state["stages"]:
+                stage.load_state_dict(state["stages"][stage.name])
+        set_rng_state(state["rng"])
+        return state
+
+    def _load_exact_weights(self, weights: dict, path: str, saved_config: str) -> None:
+        """A resume restores every weight or nothing: refuse, naming the keys and the config
+        values that differ, when the checkpoint was written for another model."""
+        matched, report = match_state_dict(self.model, weights)
+        if not report.complete:
+            changed = config_differences(saved_config, self.config_dump)
+            reason = f"; config values that differ: {'; '.join(changed)}" if changed else ""
+            raise CheckpointMismatchError(
+                f"cannot resume from '{path}': its weights do not fit this model "
+                f"({report.summary()}){reason}. Resume with the config it was written with, or "
+                "start from its weights with model.load_weights"
+            )
+        self.model.load_state_dict(matched)

@@ -1,14 +1,16 @@
-"""Training curves and CMC plots written next to the log (matplotlib, no display needed)."""
+"""Training curves and CMC plots written next to the log.
+
+Figures are drawn on matplotlib's Agg canvas directly: no display is needed and the global
+backend (which the user's own code may have chosen) is left alone.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def plot_history(
@@ -19,7 +21,9 @@ def plot_history(
     train.pop("lr", None)
     stage1 = history.get("stage1/loss", [])
     tests = {k[len("Test/") :]: v for k, v in history.items() if k.startswith("Test/")}
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    fig = Figure(figsize=(20, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
     ax = axes[0]
     if stage1:
         ax.plot(*zip(*stage1), label="mutual")
@@ -45,5 +49,4 @@ def plot_history(
     fig.tight_layout()
     path = os.path.join(save_dir, "training.png")
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

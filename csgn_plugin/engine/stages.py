@@ -1,25 +1,41 @@
 """Stage hooks: training phases that run before torchreid's epoch loop.
 
-A stage has a ``name``, a ``finished`` flag, ``run(engine)`` (its training, skipped once finished,
-resumable from its own ``state_dict``) and ``attach(engine)`` (hands its products to the engine;
-called on every start, so a run resumed after the stage still gets them). torchreid baselines have
-no stage; CSGN has one, :class:`PromptStage` (MDG, paper stage 1).
+A stage has a ``name``, a ``finished`` flag, ``run(context)`` (its training, skipped once finished,
+resumable from its own ``state_dict``) and ``attach(context)`` (hands its products on; called on
+every start, so a run resumed after the stage still gets them). A stage sees a
+:class:`StageContext` - the runtime, the model, the data and two callbacks - never the engine.
+torchreid baselines have no stage; models with prompts have :class:`PromptStage` (MDG, paper
+stage 1), whose product, the text bank, goes to whoever was given as ``on_text_bank`` (the CSGN
+objective).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
+from ..fileio import fault_point
 from ..losses import MutualLoss
-from .checkpoint import fault_point
+from ..runtime import Runtime
+from .schedules import PromptSchedule, build_prompt_scheduler
 
-if TYPE_CHECKING:
-    from .engine import CCEngine
+__all__ = ["PromptStage", "PromptStageOptions", "Stage", "StageContext"]
+
+
+@dataclass
+class StageContext:
+    """What a stage may use."""
+
+    runtime: Runtime
+    model: nn.Module  # the user's module (no DDP / compile wrapper)
+    datamanager: Any
+    save_checkpoint: Callable[[], None]  # writes 'last' with the whole current state
+    record: Callable[[str, int, float], None]  # a scalar for the plots and tensorboard
+    checkpoint_period: int  # epochs between 'last' checkpoints (0: at the end only)
 
 
 class Stage:
@@ -30,11 +46,11 @@ class Stage:
     def __init__(self) -> None:
         self.finished = False
 
-    def run(self, engine: CCEngine) -> None:
+    def run(self, context: StageContext) -> None:
         raise NotImplementedError
 
-    def attach(self, engine: CCEngine) -> None:
-        """Give the engine what the stage produced (default: nothing)."""
+    def attach(self, context: StageContext) -> None:
+        """Hand on what the stage produced (default: nothing)."""
 
     def state_dict(self) -> dict:
         return {"finished": self.finished}
@@ -43,32 +59,17 @@ class Stage:
         self.finished = bool(state["finished"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromptStageOptions:
-    """Stage-1 schedule (CLIP-ReID: Adam 3.5e-4, wd 1e-4, cosine, 5 warm-up epochs, batch 64)."""
+    """The ``stage1`` keys (built by ``builders.prompt_stage_options``)."""
 
-    max_epoch: int = 120
-    lr: float = 3.5e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 5
-    warmup_factor: float = 0.01
-    lr_min: float = 1e-6
-    batch_size: int = 64
-    feature_batch_size: int = 128
-    cross_modal_weight: float = 0.0
-    print_freq: int = 10
-    seed: int = 0
-
-
-def cosine_with_warmup(
-    epoch: int, max_epoch: int, warmup: int, warmup_factor: float, floor: float = 0.0
-) -> float:
-    """LR multiplier of ``epoch``: linear warm-up from ``warmup_factor``, then half a cosine
-    from 1 down to ``floor``."""
-    if epoch < warmup:
-        return warmup_factor + (1.0 - warmup_factor) * epoch / warmup
-    progress = (epoch - warmup) / max(1, max_epoch - warmup)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    schedule: PromptSchedule
+    weight_decay: float
+    batch_size: int
+    feature_batch_size: int
+    cross_modal_weight: float
+    print_freq: int
+    seed: int
 
 
 class PromptStage(Stage):
@@ -77,140 +78,173 @@ class PromptStage(Stage):
     1. Cache the frozen image features of the whole training set, once, for every modality the
        model has (RGB images, and their grayscale versions), without augmentation.
     2. Train only the prompt vectors with the mutual loss (i2t + t2i supervised contrastive per
-       modality, optional cross-modal term), Adam and a warmed-up cosine schedule.
-    3. ``attach``: freeze the prompts and give the engine the text features of every identity for
-       every modality (the bank HSF is computed against in stage 2).
+       modality, optional cross-modal term), Adam and CLIP-ReID's stage-1 schedule, over a
+       permutation of the cache cut into batches (the last one partial, as CLIP-ReID's).
+       Each distinct identity of a batch is encoded once (the text tower dominates the cost).
+    3. ``attach``: freeze the prompts and hand ``on_text_bank`` the text features of every
+       identity for every modality (the bank HSF is computed against in stage 2).
     """
 
     name = "prompt"
 
-    def __init__(self, options: PromptStageOptions) -> None:
+    def __init__(
+        self, options: PromptStageOptions, on_text_bank: Callable[[dict[str, torch.Tensor]], None]
+    ) -> None:
         super().__init__()
         self.options = options
+        self.on_text_bank = on_text_bank
         self.epoch = 0
         self.optimizer_state: dict | None = None
+        self.scheduler_state: dict | None = None
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "epoch": self.epoch, "optimizer": self.optimizer_state}
+        return {
+            **super().state_dict(),
+            "epoch": self.epoch,
+            "optimizer": self.optimizer_state,
+            "scheduler": self.scheduler_state,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.epoch = int(state["epoch"])
         self.optimizer_state = state["optimizer"]
+        self.scheduler_state = state["scheduler"]
 
     @torch.no_grad()
-    def cache_features(self, engine: CCEngine) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def cache_features(self, context: StageContext) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Frozen image features per modality, and the pids, of the whole training set."""
-        model = engine.unwrapped_model
+        runtime, model = context.runtime, context.model
         model.eval()
-        loader = engine.datamanager.train_loader_for_features(self.options.feature_batch_size)
+        loader = context.datamanager.train_loader_for_features(self.options.feature_batch_size)
         unreadable: list[str] = []
         start = time.time()
 
         def batch_outputs(data: dict) -> dict[str, torch.Tensor]:
-            unreadable.extend(engine.unreadable_paths(data))
-            imgs = data["img"].to(engine.device, non_blocking=True)
-            camids = data["camid"].to(engine.device, non_blocking=True)
-            outputs = {"pids": data["pid"].to(engine.device)}
-            with engine.autocast():
+            unreadable.extend(p for p in data.get("unreadable_path", ()) if p)
+            imgs = runtime.images(data["img"])
+            camids = data["camid"].to(runtime.device, non_blocking=True)
+            outputs = {"pids": data["pid"].to(runtime.device)}
+            with runtime.autocast():
                 for modality in model.modalities:
                     batch = imgs if modality == "rgb" else model.to_grayscale(imgs)
                     outputs[modality] = model.prompt_image_features(batch, camids).float()
             return outputs
 
-        cached = engine.map_loader(loader, batch_outputs, "the stage-1 feature cache")
-        engine.report_unreadable(unreadable, "train", "stage 1 feature cache")
+        cached = runtime.map_loader(loader, batch_outputs, "stage-1 feature cache")
+        runtime.report_unreadable(unreadable, "train", "stage 1 feature cache")
         labels = cached.pop("pids")
         seconds = time.time() - start
-        engine.count_throughput("stage1_cache_img", len(labels), seconds)
-        engine.log(
+        runtime.throughput.count("stage1_cache_img", len(labels), seconds)
+        runtime.log(
             f"=> Stage 1: cached {len(labels)} image features x {len(cached)} modalities "
             f"in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.1f} img/s)"
         )
         return cached, labels
 
-    def run(self, engine: CCEngine) -> None:
+    def run(self, context: StageContext) -> None:
         opts = self.options
-        model = engine.unwrapped_model
-        cached, labels = self.cache_features(engine)
+        model = context.model
+        cached, labels = self.cache_features(context)
         model.set_stage(1)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=opts.schedule.lr, weight_decay=opts.weight_decay)
+        scheduler = build_prompt_scheduler(optimizer, opts.schedule)
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
+            scheduler.load_state_dict(self.scheduler_state)
         criterion = MutualLoss(cross_modal_weight=opts.cross_modal_weight)
-        n = len(labels)
-        engine.log(f"=> Stage 1 (prompt learning): {opts.max_epoch} epochs, {n} samples")
-        oom = engine.explain_out_of_memory(
+        context.runtime.log(
+            f"=> Stage 1 (prompt learning): {opts.schedule.max_epoch} epochs, {len(labels)} samples"
+        )
+        oom = context.runtime.explain_out_of_memory(
             "stage-1 prompt learning",
             f"stage1.batch_size={opts.batch_size}",
             "lower stage1.batch_size or use runtime.amp 'bf16'",
         )
         with oom:
-            self._train_prompts(engine, cached, labels, optimizer, criterion)
-        self.optimizer_state = None  # not needed once finished; keeps checkpoints small
+            self._train_prompts(context, cached, labels, optimizer, scheduler, criterion)
+        self.optimizer_state = self.scheduler_state = None  # not needed once finished
+
+    def step_loss(
+        self,
+        model: nn.Module,
+        criterion: MutualLoss,
+        cached: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """The mutual loss of the cached samples ``index`` against their identities' prompts.
+
+        ``labels`` and ``index`` live on the CPU: the distinct identities of the batch (each is
+        encoded once) are found there, without a device synchronisation."""
+        device = cached[model.modalities[0]].device
+        target = labels[index]
+        ids, inverse = target.unique(return_inverse=True)
+        ids, inverse = ids.to(device, non_blocking=True), inverse.to(device, non_blocking=True)
+        text = {m: model.prompt_features(ids, m).float()[inverse] for m in model.modalities}
+        index = index.to(device, non_blocking=True)
+        image = {m: cached[m][index] for m in model.modalities}
+        loss, _ = criterion(image, text, target.to(device, non_blocking=True))
+        return loss
 
     def _train_prompts(
         self,
-        engine: CCEngine,
+        context: StageContext,
         cached: dict[str, torch.Tensor],
         labels: torch.Tensor,
         optimizer: torch.optim.Optimizer,
+        scheduler: Any,
         criterion: MutualLoss,
     ) -> None:
-        opts = self.options
-        model = engine.unwrapped_model
+        opts, runtime, model = self.options, context.runtime, context.model
         n = len(labels)
-        steps = max(1, n // opts.batch_size)
-        while self.epoch < opts.max_epoch:
+        labels = labels.cpu()
+        max_epoch = opts.schedule.max_epoch
+        while self.epoch < max_epoch:
             epoch_start = time.time()
-            factor = cosine_with_warmup(
-                self.epoch,
-                opts.max_epoch,
-                opts.warmup_epochs,
-                opts.warmup_factor,
-                floor=opts.lr_min / opts.lr,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = opts.lr * factor
+            lr = optimizer.param_groups[0]["lr"]
             generator = torch.Generator().manual_seed(opts.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=generator).to(labels.device)
-            total = torch.zeros((), device=engine.device)
-            for step in range(steps):
-                index = order[step * opts.batch_size : (step + 1) * opts.batch_size]
-                target = labels[index]
-                with engine.autocast():
-                    text = {m: model.prompt_features(target, m) for m in model.modalities}
-                    image = {m: cached[m][index] for m in model.modalities}
-                    loss, _ = criterion(image, {m: t.float() for m, t in text.items()}, target)
+            order = torch.randperm(n, generator=generator)
+            total = torch.zeros((), device=runtime.device)
+            steps = 0
+            for start in range(0, n, opts.batch_size):
+                with runtime.autocast():
+                    loss = self.step_loss(
+                        model, criterion, cached, labels, order[start : start + opts.batch_size]
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+                steps += 1
             self.epoch += 1
             fault_point("stage1_epoch")
+            scheduler.step()
             self.optimizer_state = optimizer.state_dict()
+            self.scheduler_state = scheduler.state_dict()
             mean = (total / steps).item()  # the epoch's one host sync
             seconds = time.time() - epoch_start
-            engine.count_throughput("stage1_prompt_samples", steps * opts.batch_size, seconds)
-            engine.check_finite(mean, f"stage 1 epoch {self.epoch}", {"mutual": mean})
-            engine.record("stage1/loss", self.epoch, mean)
-            if self.epoch % opts.print_freq == 0 or self.epoch == opts.max_epoch:
-                engine.log(
-                    f"stage1 epoch [{self.epoch}/{opts.max_epoch}] loss {mean:.4f} "
-                    f"lr {opts.lr * factor:.2e}  {steps * opts.batch_size / seconds:.1f} samples/s"
+            runtime.throughput.count("stage1_prompt_samples", n, seconds)
+            runtime.check_finite(mean, f"stage 1 epoch {self.epoch}", {"mutual": mean})
+            context.record("stage1/loss", self.epoch, mean)
+            context.record("stage1/lr", self.epoch, lr)
+            if self.epoch % opts.print_freq == 0 or self.epoch == max_epoch:
+                runtime.log(
+                    f"stage1 epoch [{self.epoch}/{max_epoch}] loss {mean:.4f} lr {lr:.2e}  "
+                    f"{n / seconds:.1f} samples/s"
                 )
-            self.finished = self.epoch >= opts.max_epoch
-            period = engine.options.checkpoint_period  # 0: only when the stage ends
+            self.finished = self.epoch >= max_epoch
+            period = context.checkpoint_period
             if self.finished or (period > 0 and self.epoch % period == 0):
-                engine.save_checkpoint("last")
+                context.save_checkpoint()
 
     @torch.no_grad()
-    def attach(self, engine: CCEngine) -> None:
-        model = engine.unwrapped_model
+    def attach(self, context: StageContext) -> None:
+        model = context.model
         model.set_stage(2)
         model.eval()
-        ids = torch.arange(model.num_ids, device=engine.device)
+        ids = torch.arange(model.num_ids, device=context.runtime.device)
         bank = {}
         for modality in model.modalities:
             chunks = [
@@ -218,15 +252,13 @@ class PromptStage(Stage):
                 for i in range(0, len(ids), 256)
             ]
             bank[modality] = torch.cat(chunks)
-        engine.text_bank = bank
-        engine.log(
+        self.on_text_bank(bank)
+        context.runtime.log(
             f"=> Text bank: {model.num_ids} ids x {', '.join(bank)} "
             f"({next(iter(bank.values())).shape[1]}-d)"
         )
 
 
-def build_stages(model: Any, options: PromptStageOptions) -> list[Stage]:
-    """The stages a model needs: a prompt stage for models with prompts, none for baselines."""
-    if hasattr(model, "prompt_features"):
-        return [PromptStage(options)]
-    return []
+def stages_for(model: nn.Module) -> tuple[str, ...]:
+    """The stages a model asks for (its ``training_stages``; torchreid's models: none)."""
+    return tuple(getattr(model, "training_stages", ()))

@@ -98,6 +98,18 @@ class CSGN(nn.Module):
     built in stage 2. The engine gives its optimizer the parameters with ``requires_grad``.
     """
 
+    #: the stage-2 loss recipe (``losses.objective``) and the stages run before it
+    loss_recipe = "clip_reid"
+    training_stages = ("prompt",)
+    #: stage-2 parameters by part (``csgn.<part>_lr_factor``), by name prefix
+    PARAMETER_PARTS = {
+        "vss.vit.": "vit",
+        "vss.resnet.": "resnet",
+        "vss.fusion.": "fusion",
+        "vss.necks.": "head",
+        "vss.classifiers.": "head",
+    }
+
     def __init__(self, config: CSGNConfig, num_classes: int) -> None:
         super().__init__()
         if num_classes < 1:
@@ -230,6 +242,14 @@ class CSGN(nn.Module):
         """Text features (len(pids), E) of these identities' prompts of one modality."""
         prompts = self.prompt_learner(pids, modality)
         return self.text_encoder(prompts, self.prompt_learner.eot_index)
+
+    def parameter_part(self, name: str) -> Optional[str]:
+        """The part a stage-2 parameter belongs to ('vit', 'resnet', 'fusion', 'head'), or None
+        for the prompt learner and the text tower (trained in stage 1 or never)."""
+        for prefix, part in self.PARAMETER_PARTS.items():
+            if name.startswith(prefix):
+                return part
+        return None
 
     def set_stage(self, stage: int) -> None:
         """Set ``requires_grad`` for a training stage (CLIP-ReID's split).

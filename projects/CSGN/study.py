@@ -27,7 +27,8 @@ sys.path.insert(0, ROOT)
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
-from csgn_plugin.engine.checkpoint import atomic_write_text, config_differences  # noqa: E402
+from csgn_plugin.engine.checkpoint import config_differences  # noqa: E402
+from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 from csgn_plugin.launcher import main as launch  # noqa: E402
 
 CSGN = os.path.join(ROOT, "configs", "csgn_synthcc.yaml")

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from csgn_plugin import builders  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
-from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
+from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 
 
 def loader_rate(cfg_file, opts, workers, batches):

@@ -40,7 +40,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO_ROOT))
 
-from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
 from csgn_plugin.evaluation import (  # noqa: E402
     PairwiseDistance,
     compute_distance_matrix,
@@ -48,6 +47,7 @@ from csgn_plugin.evaluation import (  # noqa: E402
     evaluate_rank_detailed,
     evaluate_rank_modes,
 )
+from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Training-step throughput of the CLIP models through the plugin's own engine step.
 
-For each model: stage 1 (prompt learning over cached features: text tower forward + backward for
-a batch of prompts, the mutual loss, Adam) and stage 2 (``CCEngine.forward_backward``: the model,
-ID + triplet + HSF losses against the text bank, fused AdamW, bf16 on CUDA), on random weights
-and random input tensors (no data loading). Reports images/s, peak memory and model FLOP
-utilisation (FLOPs counted by torch's FlopCounterMode on one step, against --peak-tflops).
+For each model: stage 1 (``PromptStage.step_loss``: prompt features of the batch's distinct
+identities, text tower forward + backward, the mutual loss, Adam) and stage 2
+(``CCEngine.forward_backward``: the model, the objective's ID + triplet + HSF losses against the
+text bank, fused AdamW, bf16 on CUDA), on random weights and random input tensors (no data
+loading). The engine, runtime and objective are the ones ``builders`` makes for training.
+Reports images/s, peak memory and model FLOP utilisation (FLOPs counted by torch's
+FlopCounterMode on one step, against --peak-tflops).
 
 With ``--data CONFIG`` the same model is also fed by the real data pipeline of that config's
 dataset (SynthCC by default: decoding, augmentation, sampler, DataLoader workers, pinned host
@@ -32,9 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from csgn_plugin import builders  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
-from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
-from csgn_plugin.engine.engine import CCEngine  # noqa: E402
-from csgn_plugin.engine.stages import PromptStage, PromptStageOptions  # noqa: E402
+from csgn_plugin.engine.stages import StageContext  # noqa: E402
+from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 from csgn_plugin.losses import MutualLoss  # noqa: E402
 
 
@@ -82,38 +83,35 @@ def profile_table(step, device, steps):
     return prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
 
 
-def bench_with_data(engine, model, dm, args):
+def bench_with_data(engine, model, args):
     """Stage-1 cache and stage-2 epochs fed by the real data pipeline."""
-    stage = PromptStage(PromptStageOptions(feature_batch_size=args.batch * 4))
+    runtime = engine.runtime
+    stage = engine.stages[0]
+    context = StageContext(runtime, model, engine.datamanager, lambda: None, engine.record, 0)
     model.set_stage(1)
-    stage.cache_features(engine)  # warm-up: worker start-up, cudnn autotuning
-    engine.throughput.clear()
-    stage.cache_features(engine)
-    cache_items, cache_s = engine.throughput["stage1_cache_img"]
+    stage.cache_features(context)  # warm-up: worker start-up, cudnn autotuning
+    runtime.throughput.clear()
+    stage.cache_features(context)
+    cache_items, cache_s = runtime.throughput.phases["stage1_cache_img"]
     model.set_stage(2)
     model.train()
     engine.max_epoch = 2
-    for engine.epoch in range(2):
-        if engine.epoch == 1:
-            engine.throughput.clear()
+    for epoch in range(2):
+        engine.epoch = epoch
+        if epoch == 1:
+            runtime.throughput.clear()
         engine.train(print_freq=10_000)
-    items, seconds = engine.throughput["stage2_train_img"]
+    items, seconds = runtime.throughput.phases["stage2_train_img"]
     return {"data_stage1_cache_img_s": cache_items / cache_s, "data_stage2_img_s": items / seconds}
 
 
 def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
-    opts = [
-        "model.name",
-        name,
-        "train.optim",
-        "adamw",
-        "train.lr",
-        "5e-6",
-        "runtime.device",
-        args.device,
-    ]
+    opts = ["model.name", name, "train.optim", "adamw", "train.lr", "5e-6"]
+    opts += ["runtime.device", args.device, "runtime.amp", args.amp]
     opts += ["data.height", str(args.height), "data.width", str(args.width)]
-    opts += ["sampler.train_sampler", "RandomIdentitySampler", "runtime.amp", args.amp]
+    opts += ["sampler.train_sampler", "RandomIdentitySampler", "train.batch_size", str(args.batch)]
+    opts += ["stage1.batch_size", str(args.batch), "test.batch_size", str(args.batch * 4)]
+    opts += ["runtime.channels_last", str(args.channels_last)]
     if args.tiny:
         opts += ["clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn"]
     cfg = load_config("", opts)
@@ -125,39 +123,32 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg, model, use_gpu)
-    engine = CCEngine(
-        dm or SimpleNamespace(train_loader=SimpleNamespace(batch_size=args.batch), test_loader={}),
-        model,
-        optimizer,
-        None,
-        builders.EngineOptions(
-            amp=builders.resolve_amp(cfg, use_gpu),
-            loss=builders.loss_options(cfg),
-            channels_last=args.channels_last,
-        ),
-        use_gpu=use_gpu,
+    runtime = builders.build_runtime(cfg, use_gpu)
+    data_source = dm or SimpleNamespace(
+        train_loader=SimpleNamespace(batch_size=args.batch), test_loader={}
     )
+    engine = builders.build_engine(cfg, data_source, model, optimizer, None, runtime)
     device, b = args.device, args.batch
     x = torch.randn(b, 3, args.height, args.width, device=device)
     pids = (torch.arange(b, device=device) // 4) % num_ids
     data = {"img": x, "pid": pids, "camid": torch.zeros(b, dtype=torch.long, device=device)}
     result = {"model": name, "batch": b}
 
-    # stage 1: prompts only, over cached features of the batch
+    # stage 1: prompts only, over cached features of the batch (the stage's own step)
     model.set_stage(1)
-    with torch.no_grad(), engine.autocast():
+    with torch.no_grad(), runtime.autocast():
         cached = {
             m: model.prompt_image_features(x if m == "rgb" else model.to_grayscale(x)).float()
             for m in model.modalities
         }
     prompt_params = [p for p in model.parameters() if p.requires_grad]
     opt1 = torch.optim.Adam(prompt_params, lr=3.5e-4)
-    mutual = MutualLoss()
+    mutual, stage = MutualLoss(), engine.stages[0]
+    index, labels = torch.arange(b), pids.cpu()
 
     def stage1_step():
-        with engine.autocast():
-            text = {m: model.prompt_features(pids, m).float() for m in model.modalities}
-            loss, _ = mutual(cached, text, pids)
+        with runtime.autocast():
+            loss = stage.step_loss(model, mutual, cached, labels, index)
         opt1.zero_grad(set_to_none=True)
         loss.backward()
         opt1.step()
@@ -167,9 +158,10 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     # stage 2: the engine's own step (text bank attached as after stage 1)
     model.set_stage(2)
     model.train()
-    with torch.no_grad(), engine.autocast():
+    with torch.no_grad(), runtime.autocast():
         ids = torch.arange(num_ids, device=device)
-        engine.text_bank = {m: model.prompt_features(ids, m).float() for m in model.modalities}
+        bank = {m: model.prompt_features(ids, m).float() for m in model.modalities}
+    engine.objective.set_text_bank(bank)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step = lambda: engine.forward_backward(data)  # noqa: E731
@@ -184,7 +176,7 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     if args.profile:
         result["profile"] = profile_table(step, device, args.profile)
     if dm is not None:
-        result.update(bench_with_data(engine, model, dm, args))
+        result.update(bench_with_data(engine, model, args))
         model.set_stage(2)
         model.train()
     if args.compile:

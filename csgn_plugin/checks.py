@@ -1,0 +1,278 @@
+"""The one validator: a config is refused, with the key and what was expected, before any work.
+
+:func:`check_config` runs before data is read or a model built: unknown names (with a
+did-you-mean), out-of-range values, incompatible options, and torchreid keys the plugin does not
+implement set to anything but their default (they would be silently ignored). :func:`check_data`
+and :func:`check_input_size` check what needs the data or the built model, before the first step.
+:func:`describe_model_choice` says, when ``model.name`` is a torchreid model, which sections no
+longer apply and which loss it trains with.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from .compat import model_factory, torchreid_api
+from .config import ConfigError, get_default_config
+from .data.base import IMAGE_POLICIES
+from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
+from .engine.engine import unwrap_model
+from .engine.schedules import SCHEDULERS, STEP_AT
+from .evaluation import MODES
+from .evaluation.distance import METRICS
+from .evaluation.evaluator import call_model
+from .modeling import MODEL_PRESETS
+
+__all__ = [
+    "CLIP_SECTIONS",
+    "UNSUPPORTED_KEYS",
+    "check_config",
+    "check_data",
+    "check_input_size",
+    "describe_model_choice",
+    "resolve_amp",
+    "resolve_device",
+]
+
+# torchreid keys kept so that torchreid's config files load, which the plugin does not implement:
+# any value but the default is refused (it would change nothing).
+UNSUPPORTED_KEYS = {
+    "data.split_id": "split ids of CUHK03/VIPeR/GRID",
+    "data.k_tfm": "K augmented views per image (torchreid's k_tfm)",
+    "data.load_train_targets": "training on the target datasets' training sets",
+    "market1501.use_500k_distractors": "Market-1501's 500k distractors",
+    "cuhk03.labeled_images": "CUHK03's labelled images",
+    "cuhk03.classic_split": "CUHK03's classic split",
+    "cuhk03.use_metric_cuhk03": "CUHK03's single-gallery-shot metric",
+    "sampler.train_sampler_t": "a sampler for the target training sets",
+    "sampler.num_cams": "RandomDomainSampler",
+    "sampler.num_datasets": "RandomDatasetSampler",
+}
+# sections that only the plugin's CLIP models (csgn, clipreid_*) read
+CLIP_SECTIONS = ("clip", "csgn", "stage1", "loss.clip", "loss.hsf")
+
+
+def _get(cfg: CfgNode, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _did_you_mean(value: Any, allowed: Any) -> str:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _choice(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        hint = _did_you_mean(value, allowed)
+        raise ValueError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
+
+
+def _at_least(key: str, value: Any, low: int | float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ValueError(f"{key} must be a number >= {low}, got {value!r}")
+
+
+def resolve_device(cfg: CfgNode) -> bool:
+    """``runtime.device`` -> use CUDA or not."""
+    device = cfg.runtime.device
+    _choice("runtime.device", device, ("auto", "cuda", "cpu"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def resolve_amp(cfg: CfgNode, use_gpu: bool) -> str:
+    """``runtime.amp`` -> 'bf16', 'fp16' or 'off' ('auto': bf16 on CUDA, off on CPU)."""
+    amp = cfg.runtime.amp
+    _choice("runtime.amp", amp, ("auto", "bf16", "fp16", "off"))
+    if amp == "auto":
+        return "bf16" if use_gpu else "off"
+    if amp == "fp16" and not use_gpu:
+        raise ValueError("runtime.amp 'fp16' needs CUDA (its gradient scaler); use 'bf16' on CPU")
+    return amp
+
+
+def is_clip_model(name: str) -> bool:
+    """Whether ``model.name`` is one of the plugin's CLIP models (they read ``CLIP_SECTIONS``)."""
+    return name in MODEL_PRESETS
+
+
+def _check_unsupported(cfg: CfgNode) -> None:
+    defaults = get_default_config()
+    for key, what in UNSUPPORTED_KEYS.items():
+        if _get(cfg, key) != _get(defaults, key):
+            raise ConfigError(
+                f"{key} = {_get(cfg, key)!r}: torchreid's option for {what} is not implemented "
+                f"by csgn_plugin (it would be ignored); leave it at {_get(defaults, key)!r}"
+            )
+
+
+def check_config(cfg: CfgNode, world_size: int = 1) -> None:
+    """Refuse unknown names, out-of-range values and incompatible options before any work starts
+    (no data is read, no model built). ``world_size``: the number of DDP processes."""
+    tr = torchreid_api()
+    _check_unsupported(cfg)
+    _choice("data.type", cfg.data.type, ("image", "video"))
+    registry = vars(tr.data.datasets)[f"__{cfg.data.type}_datasets"]
+    for key in ("sources", "targets"):
+        for name in cfg.data[key]:
+            if name not in registry:
+                raise ValueError(
+                    f"data.{key}: unknown {cfg.data.type} dataset '{name}'"
+                    f"{_did_you_mean(name, registry)} Available: {sorted(registry)}"
+                )
+    factory = model_factory()
+    if cfg.model.name not in factory:
+        raise KeyError(
+            f"model.name: unknown model '{cfg.model.name}'"
+            f"{_did_you_mean(cfg.model.name, factory)} Available: {sorted(factory)}"
+        )
+    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
+    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
+    _choice("train.optim", cfg.train.optim, ("adam", "adamw", "sgd"))
+    _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
+    _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
+    _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
+    _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
+    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
+    _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
+    _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
+    protocols = list(cfg.cc_eval.protocols)
+    if protocols != ["auto"]:
+        for protocol in protocols:
+            _choice("cc_eval.protocols", protocol, MODES)
+    for key, value, low in (
+        ("train.batch_size", cfg.train.batch_size, 1),
+        ("train.max_epoch", cfg.train.max_epoch, 0),
+        ("train.print_freq", cfg.train.print_freq, 1),
+        ("train.lr", cfg.train.lr, 0),
+        ("train.warmup_epochs", cfg.train.warmup_epochs, 0),
+        ("train.base_lr_mult", cfg.train.base_lr_mult, 0),
+        ("train.bias_lr_factor", cfg.train.bias_lr_factor, 0),
+        ("test.batch_size", cfg.test.batch_size, 1),
+        ("sampler.num_instances", cfg.sampler.num_instances, 1),
+        ("data.height", cfg.data.height, 1),
+        ("data.width", cfg.data.width, 1),
+        ("data.workers", cfg.data.workers, 0),
+        ("stage1.batch_size", cfg.stage1.batch_size, 1),
+        ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
+        ("stage1.warmup_epochs", cfg.stage1.warmup_epochs, 0),
+        ("stage1.print_freq", cfg.stage1.print_freq, 1),
+        ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
+        ("cc_eval.max_rank", cfg.cc_eval.max_rank, 1),
+        ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
+        ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
+        ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
+    ):
+        _at_least(key, value, low)
+    for part in ("vit", "resnet", "fusion", "head"):
+        _at_least(f"csgn.{part}_lr_factor", cfg.csgn[f"{part}_lr_factor"], 0)
+    if not 0 < cfg.train.warmup_factor <= 1:
+        raise ValueError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
+    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
+        raise ValueError(
+            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
+        )
+    if not 0 <= cfg.stage1.warmup_lr <= cfg.stage1.lr:
+        raise ValueError(
+            f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
+        )
+    if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
+        raise ValueError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
+    if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":
+        raise ValueError(
+            "cc_data.image_policy 'skip' works on image datasets only; video frames that cannot "
+            "be read always fail naming the file (set cc_data.image_policy 'fail')"
+        )
+    uses_triplet = cfg.loss.name == "triplet" or is_clip_model(cfg.model.name)
+    if uses_triplet and cfg.sampler.train_sampler not in IDENTITY_SAMPLERS:
+        raise ValueError(
+            f"a triplet loss (loss.name '{cfg.loss.name}', model '{cfg.model.name}') needs "
+            f"positives in every batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} "
+            f"(got '{cfg.sampler.train_sampler}')"
+        )
+    batch, k = cfg.train.batch_size, cfg.sampler.num_instances
+    if batch % world_size:
+        raise ValueError(
+            f"train.batch_size={batch} must be divisible by the number of processes "
+            f"({world_size}): each process takes an equal share"
+        )
+    if cfg.sampler.train_sampler in IDENTITY_SAMPLERS and (batch // world_size) % k:
+        share = f" per process ({batch} / {world_size})" if world_size > 1 else ""
+        raise ValueError(
+            f"train.batch_size={batch}{share} must be a multiple of sampler.num_instances={k}: "
+            f"an identity sampler fills a batch with whole groups of {k} images per identity"
+        )
+
+
+def describe_model_choice(cfg: CfgNode) -> str:
+    """What ``model.name`` trains with, and which sections it ignores."""
+    if is_clip_model(cfg.model.name):
+        return (
+            f"=> Model '{cfg.model.name}' (CLIP): loss.clip, loss.hsf, loss.triplet.margin and "
+            "loss.softmax.label_smooth apply; loss.name, loss.triplet.weight_x/weight_t are "
+            "torchreid's and do not apply"
+        )
+    defaults = get_default_config()
+    changed = [s for s in CLIP_SECTIONS if _get(cfg, s) != _get(defaults, s)]
+    note = f" (values set in {', '.join(changed)} are ignored)" if changed else ""
+    smooth = 0.1 if cfg.loss.softmax.label_smooth else 0.0
+    loss = f"cross-entropy (label smoothing {smooth})"
+    if cfg.loss.name == "triplet":
+        loss = (
+            f"{cfg.loss.triplet.weight_x} x {loss} + {cfg.loss.triplet.weight_t} x batch-hard "
+            f"triplet (margin {cfg.loss.triplet.margin})"
+        )
+    return (
+        f"=> Model '{cfg.model.name}' is a torchreid model: loss '{cfg.loss.name}' = {loss}; "
+        f"the sections {', '.join(CLIP_SECTIONS)} do not apply{note}"
+    )
+
+
+def check_data(cfg: CfgNode, datamanager: Any) -> None:
+    """Refuse a training set the sampler cannot fill one batch from (an epoch would be empty).
+
+    Identity samplers refuse a batch that needs more identities than the training set holds
+    when they are built; fewer images of an id than ``sampler.num_instances`` is fine (they
+    repeat)."""
+    if cfg.test.evaluate:
+        return
+    sampler = datamanager.train_sampler
+    if sampler.num_batches() == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} cannot be filled: the training set holds "
+            f"{len(sampler.data_source)} images of {datamanager.num_train_pids} identities, not "
+            f"enough for one batch of {cfg.sampler.train_sampler}; lower train.batch_size"
+        )
+
+
+def check_input_size(cfg: CfgNode, model: nn.Module, device: torch.device) -> None:
+    """One forward pass of two blank images at ``data.height`` x ``data.width`` (eval mode, no
+    gradient, no random numbers drawn): a backbone that cannot take that size fails here, before
+    training, with the keys to change, not deep inside the first step."""
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    imgs = torch.zeros(2, 3, cfg.data.height, cfg.data.width, device=device)
+    try:
+        with torch.no_grad():
+            call_model(net, imgs, torch.zeros(2, dtype=torch.long, device=device))
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"model '{cfg.model.name}' cannot take images of data.height x data.width = "
+            f"{cfg.data.height}x{cfg.data.width}: {exc}. Use a larger size (ReID: 256x128)"
+        ) from exc
+    finally:
+        net.train(was_training)
