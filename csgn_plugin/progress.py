@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -60,8 +61,9 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Progress of ``total`` units of work called ``desc``.
 
-    ``enabled`` False (processes other than the main one) shows nothing. ``log_every_s``: seconds
-    between log lines (the first after that long; short work logs nothing).
+    ``enabled``: show anything at all; by default only on the main process (``RANK`` 0 or unset,
+    as torchrun sets it). ``log_every_s``: seconds between log lines (the first after that long;
+    short work logs nothing).
     """
 
     def __init__(
@@ -69,13 +71,13 @@ class Progress:
         total: Optional[int],
         desc: str,
         unit: str = "it",
-        enabled: bool = True,
+        enabled: Optional[bool] = None,
         log_every_s: float = 30.0,
     ) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
-        self.enabled = enabled
+        self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
         self.log_every_s = log_every_s
         self.done = 0
         self.started = self._last_log = time.monotonic()
@@ -124,7 +126,7 @@ def track(
     desc: str,
     total: Optional[int] = None,
     unit: str = "it",
-    enabled: bool = True,
+    enabled: Optional[bool] = None,
     log_every_s: float = 30.0,
 ) -> Iterator[T]:
     """Iterate over ``items`` with a :class:`Progress` (one unit per item)."""

@@ -133,6 +133,7 @@ class Runtime:
             self.logger.info(message)
 
     def progress(self, total: Optional[int], desc: str, unit: str) -> Progress:
+        """Progress of long work, shown by the main process only."""
         return Progress(total, desc, unit, enabled=self.is_main)
 
     def barrier(self) -> None:

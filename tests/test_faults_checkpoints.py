@@ -115,9 +115,10 @@ def test_strict_load_through_the_launcher_refuses_before_training(tmp_path, caps
     save = tmp_path / "strict"
     args = opts(tmp_path / "data", save, "osnet", "model.load_weights", six_ids)
     with pytest.raises(CheckpointMismatchError, match="classifier.weight"):
-        main([*args, "model.strict_load", "True"])
+        main(args)  # strict by default
     assert not os.path.exists(save / "checkpoints")  # refused before any training step
-    main([*args, "train.max_epoch", "1"])  # not strict: loads what fits, says what it skipped
+    # partial loading is an explicit opt-in: loads what fits, says what it skipped
+    main([*args, "model.strict_load", "False", "train.max_epoch", "1"])
     out = capsys.readouterr().out
     assert re.search(r"=> Weights from .*skipped \(shape differs\): classifier\.weight", out)
 

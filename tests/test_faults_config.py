@@ -7,7 +7,7 @@ import os
 import pytest
 from run_helpers import opts
 
-from csgn_plugin import builders
+from csgn_plugin import checks
 from csgn_plugin.config import ConfigError, load_config
 from csgn_plugin.launcher import main
 
@@ -56,15 +56,15 @@ def test_bad_values_and_incompatible_options_are_refused_before_any_work(tmp_pat
 def test_ddp_batch_split_and_video_skip_are_refused_by_the_checks():
     cfg = load_config("", ["train.batch_size", "32", "sampler.train_sampler",
                            "RandomIdentitySampler"])  # fmt: skip
-    builders.check_config(cfg, world_size=2)  # 16 per process: 4 groups of 4
+    checks.check_config(cfg, world_size=2)  # 16 per process: 4 groups of 4
     with pytest.raises(ValueError, match="divisible by the number of processes"):
-        builders.check_config(cfg, world_size=3)
+        checks.check_config(cfg, world_size=3)
     with pytest.raises(ValueError, match=r"per process \(32 / 16\) must be a multiple of"):
-        builders.check_config(cfg, world_size=16)  # 2 per process: not one group of 4
+        checks.check_config(cfg, world_size=16)  # 2 per process: not one group of 4
     video = ["data.type", "video", "data.sources", "['ccvid']", "data.targets", "['ccvid']"]
     video = load_config("", [*video, "cc_data.image_policy", "skip"])
     with pytest.raises(ValueError, match="image datasets only"):
-        builders.check_config(video)
+        checks.check_config(video)
 
 
 @pytest.mark.parametrize(
@@ -95,3 +95,32 @@ def test_more_instances_than_an_identity_has_is_accepted(tmp_path):
     engine = main(opts(tmp_path / "data", tmp_path / "run", "osnet", "train.max_epoch", "1",
                        "sampler.num_instances", "8"))  # fmt: skip
     assert engine.global_step > 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("data.k_tfm", "2"),
+        ("market1501.use_500k_distractors", "True"),
+        ("cuhk03.use_metric_cuhk03", "True"),
+        ("sampler.num_cams", "2"),
+        ("data.load_train_targets", "True"),
+    ],
+)
+def test_torchreid_keys_the_plugin_does_not_implement_are_refused_unless_default(key, value):
+    checks.check_config(load_config("", []))  # their defaults load (torchreid configs keep working)
+    with pytest.raises(ConfigError, match=rf"{key}.*not implemented by csgn_plugin"):
+        checks.check_config(load_config("", [key, value]))
+
+
+def test_switching_to_a_torchreid_model_says_what_no_longer_applies():
+    cfg = load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "csgn_synthcc.yaml"),
+        ["model.name", "osnet_x0_25", "loss.name", "triplet"],
+    )
+    text = checks.describe_model_choice(cfg)
+    assert "torchreid model" in text and "loss 'triplet'" in text
+    assert "clip, csgn, stage1, loss.clip, loss.hsf do not apply" in text
+    assert "values set in clip, stage1, loss.clip are ignored" in text
+    clip = checks.describe_model_choice(load_config("", ["model.name", "csgn"]))
+    assert "loss.name, loss.triplet.weight_x/weight_t are torchreid's" in clip

@@ -1,6 +1,8 @@
-"""Re-identification evaluation: distances, and CMC/mAP under the general, CC and SC protocols."""
+"""Re-identification evaluation: distances, CMC/mAP under the general, CC and SC protocols, and
+the evaluator that extracts features of a model and tabulates every protocol."""
 
 from .distance import METRICS, PairwiseDistance, compute_distance_matrix
+from .evaluator import EvaluationOptions, Evaluator, format_results, results_to_dict
 from .ranking import (
     MODES,
     RankResult,
@@ -15,6 +17,8 @@ from .ranking import (
 __all__ = [
     "METRICS",
     "MODES",
+    "EvaluationOptions",
+    "Evaluator",
     "PairwiseDistance",
     "RankResult",
     "compute_distance_matrix",
@@ -23,5 +27,7 @@ __all__ = [
     "evaluate_rank",
     "evaluate_rank_detailed",
     "evaluate_rank_modes",
+    "format_results",
+    "results_to_dict",
     "single_shot_evaluate",
 ]

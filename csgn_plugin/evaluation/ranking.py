@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
+from ..progress import track
 from .distance import METRICS, PairwiseDistance, as_feature_tensor, common_device
 
 MODES = ("general", "cc", "sc")
@@ -366,7 +367,8 @@ def _evaluate_chunks(
     """Score all queries; ``chunk_distances(start, end)`` gives the rows start..end-1."""
     num_query = query.pids.shape[0]
     accumulators = {mode: _Accumulator(max_rank, device) for mode in modes}
-    for start in range(0, num_query, chunk_size):
+    starts = range(0, num_query, chunk_size)
+    for start in track(starts, "ranking", unit=f"chunk of {chunk_size} queries"):
         end = min(start + chunk_size, num_query)
         chunk_labels = query.subset(slice(start, end))
         _rank_chunk(chunk_distances(start, end), chunk_labels, gallery, modes, accumulators, start)
