@@ -9,13 +9,17 @@ checks what the user gets: the unpacked tree byte for byte, the files left behin
 from __future__ import annotations
 
 import glob
+import http.server
 import importlib.util
 import io
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 
@@ -179,6 +183,68 @@ def test_an_interrupted_download_resumes_to_an_identical_archive(tmp_path, drive
     # LAST_TRAIN: pids 0, 17, 4999 with 3 + 2 + 1 images, one camera per image, outfits
     # (0,0) (0,1) (17,3) (17,10) (4999,0)
     assert report_rows(capsys.readouterr().out)["train"] == ["3", "6", "6", "5"]
+
+
+class DroppingServer(http.server.ThreadingHTTPServer):
+    """A loopback server of one file that drops the first connection after ``cut_at`` bytes
+    and answers ``Range: bytes=N-`` requests with 206, as Google Drive does."""
+
+    def __init__(self, data: bytes, cut_at: int) -> None:
+        self.data, self.cut_at, self.ranges = data, cut_at, []
+        super().__init__(("127.0.0.1", 0), self.Handler)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data, server = self.server.data, self.server
+            m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            start = int(m[1]) if m else 0
+            server.ranges.append(start)
+            self.send_response(206 if m else 200)
+            if m:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            end = server.cut_at if len(server.ranges) == 1 else len(data)
+            self.wfile.write(data[start:end])
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+
+def test_the_real_gdown_resumes_through_the_same_staging_name(tmp_path, monkeypatch):
+    """gdown 6.x itself (from a loopback server): the partial file it keeps is the one the
+    message counts, and the second call continues it with a range request."""
+    src = build_ccvid(tmp_path / "src")
+    # 3 MB that do not compress: gdown writes in chunks of 512 KiB, so some arrive before the cut
+    files = {**tree_files(src.dataset_dir), "extra.bin": random.Random(0).randbytes(3 << 20)}
+    archive = make_zip(str(tmp_path / "ccvid.zip"), under("CCVID", files))
+    cut_at = len(archive) // 2
+    server = DroppingServer(archive, cut_at)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = gdown.download
+
+    def from_loopback(id=None, **kwargs):  # the same call, pointed at the loopback server
+        return real(url=f"http://127.0.0.1:{server.server_port}/file", **kwargs)
+
+    monkeypatch.setattr(gdown, "download", from_loopback)
+    root = tmp_path / "data"
+    try:
+        with pytest.raises(FetchError) as err:
+            fetch("ccvid", str(root), quiet=True)
+        (part,) = glob.glob(str(root / "archives" / "ccvid.archive.download*.part"))
+        kept = os.path.getsize(part)
+        target = fetch("ccvid", str(root), quiet=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 0 < kept <= cut_at
+    assert f" {kept} bytes received so far are kept" in str(err.value)
+    # the second call opens the file once more (gdown reads its headers first), then asks for
+    # the bytes after the kept ones
+    assert server.ranges == [0, 0, kept]
+    assert (root / "archives" / "ccvid.archive").read_bytes() == archive
+    assert tree_files(target) == files
 
 
 def corrupt_crc(path: str, member: str) -> bytes:
