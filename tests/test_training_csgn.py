@@ -41,6 +41,11 @@ def test_both_stages_run_and_frozen_parts_stay_frozen(straight):
     history = engine.history
     assert len(history["stage1/loss"]) == 3
     assert {"Train/id", "Train/triplet", "Train/hsf_rgb", "Train/hsf_gray"} <= set(history)
+    # both stages lower their loss (logged per epoch in stage 1, per 2-step window in stage 2)
+    stage1 = [loss for _, loss in history["stage1/loss"]]
+    assert stage1[-1] < 0.8 * stage1[0], stage1
+    stage2 = [sum(history[f"Train/{k}"][i][1] for k in ("id", "triplet", "hsf")) for i in (0, -1)]
+    assert stage2[-1] < 0.8 * stage2[0], stage2
     # the prompts and the text tower end stage 2 exactly as stage 1 left them (a run that stops
     # after stage 1 gives that state: stage 1 does not depend on the stage-2 settings)
     main(csgn_opts(tmp, tmp / "stage1_only", "train.max_epoch", "0"))
