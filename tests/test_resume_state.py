@@ -9,6 +9,8 @@ draws the uninterrupted run made at the same steps. The model itself stops the r
 in its 7th training forward): the interruption needs no hook into the engine.
 """
 
+from __future__ import annotations
+
 import random
 
 import numpy as np
@@ -52,7 +54,7 @@ class DropoutProbeNet(nn.Module):
         self.stop_at = stop_at
         self.draws: list[tuple[float, float, float]] = []
 
-    def forward(self, imgs: torch.Tensor):  # noqa: ANN201  (tensor or tuple, as torchreid's)
+    def forward(self, imgs: torch.Tensor):
         if not self.training:
             return self.embed(imgs)
         if self.stop_at is not None and len(self.draws) + 1 == self.stop_at:
