@@ -16,7 +16,7 @@ setup(
         "open_clip_torch>=2.24",
         "yacs>=0.1.8",
         "numpy>=1.23",
-        "gdown>=4.7",
+        "gdown>=6.3",  # download(timeout=...) and its resume contract
         # torchreid imports these but does not declare them
         "scipy>=1.9",
         "opencv-python-headless>=4.7",

@@ -73,6 +73,16 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+def assert_same_rng(a, b):
+    """Two checkpoints' ``rng`` entries hold the same state of every random generator."""
+    assert a.keys() == b.keys()
+    assert list(a["python"][1]) == list(b["python"][1]), "Python's random differs"
+    assert a["python"][2] == b["python"][2], "Python's random differs"
+    assert torch.equal(a["numpy"][1], b["numpy"][1]), "numpy's generator differs"
+    assert a["numpy"][2:] == b["numpy"][2:], "numpy's generator differs"
+    assert torch.equal(a["torch"], b["torch"]), "torch's generator differs"
+
+
 # ------------------------------------------------------------------ DDP (2 gloo processes)
 def free_port():
     with socket.socket() as s:

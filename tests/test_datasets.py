@@ -420,3 +420,16 @@ def test_check_dataset_video_counts_tracklets(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
     assert rows["train"] == ["2", "4", "4", "3"]  # tracklets, not training chunks
     assert rows["all"][:2] == ["4", "10"]
+
+
+def test_check_dataset_says_it_generates_synthcc_when_the_tree_is_missing(tmp_path, capsys):
+    tool = load_check_tool()
+    args = ["synthcc", "--root", str(tmp_path), "--synthcc_preset", "tiny", "--synthcc_seed", "3"]
+    assert tool.main(args) == 0
+    out = capsys.readouterr().out
+    tree = os.path.join(str(tmp_path), "synthcc", "tiny_seed3")
+    notice = out.index("SynthCC is generated, not downloaded")
+    assert f"no tree at '{tree}' yet, so it is generated now" in out
+    assert notice < out.index("synthcc (SynthCC)")  # said before the report
+    assert tool.main(args) == 0  # the tree exists now: checked, nothing said about generating
+    assert "is generated, not downloaded" not in capsys.readouterr().out

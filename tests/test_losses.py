@@ -1,11 +1,19 @@
-"""Losses against hand-computed values: supervised contrastive, mutual, label smoothing, HSF."""
+"""Losses against hand-computed values and torchreid's own losses: supervised contrastive, mutual,
+label smoothing, HSF, batch-hard triplet."""
 
 import math
 
 import pytest
 import torch
 
-from csgn_plugin.losses import HSFLoss, MutualLoss, label_smoothed_cross_entropy, supcon_loss
+from csgn_plugin.compat import torchreid_api
+from csgn_plugin.losses import (
+    HardTripletLoss,
+    HSFLoss,
+    MutualLoss,
+    label_smoothed_cross_entropy,
+    supcon_loss,
+)
 
 E = math.e
 
@@ -119,3 +127,108 @@ def test_hsf_modalities_without_prompts():
         HSFLoss({"gray": 1.0})(feature, bank, labels)
     with pytest.raises(ValueError, match=">= 0"):
         HSFLoss({"rgb": -1.0})
+
+
+# ----------------------------------------------------------------- batch-hard triplet
+# Eight features on the line through (0.6, 0.8), at x = 0, 2, 5 (id 0), 3, 6, 10 (id 1), 20, 21
+# (id 2): the euclidean distance of two of them is |x_i - x_j| (their L1 distance is 1.4 times
+# that, their squared distance its square), so every mined distance can be read off the x.
+LINE_X = [0.0, 2.0, 5.0, 3.0, 6.0, 10.0, 20.0, 21.0]
+LINE_LABELS = [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def _on_line(xs):
+    return torch.tensor([[0.6 * x, 0.8 * x] for x in xs])
+
+
+def test_hard_triplet_by_hand():
+    # anchor x: farthest positive, closest negative -> max(0, d_ap - d_an + 0.5)
+    #   0: positives 2, 5 -> 5;  negatives 3, 6, 10, 20, 21 -> 3;  5 - 3 + 0.5 = 2.5
+    #   2: positives 0, 5 -> 3;  negative 3 at 1;                  3 - 1 + 0.5 = 2.5
+    #   5: positives 0, 2 -> 5;  negative 6 at 1;                  5 - 1 + 0.5 = 4.5
+    #   3: positives 6, 10 -> 7; negative 2 at 1;                  7 - 1 + 0.5 = 6.5
+    #   6: positives 3, 10 -> 4; negative 5 at 1;                  4 - 1 + 0.5 = 3.5
+    #  10: positives 3, 6 -> 7;  negative 5 at 5;                  7 - 5 + 0.5 = 2.5
+    #  20: positive 21 at 1;     negative 10 at 10;                1 - 10 + 0.5 < 0 -> 0
+    #  21: positive 20 at 1;     negative 10 at 11;                1 - 11 + 0.5 < 0 -> 0
+    # (the easiest positive, 2 for anchor 0, would give 0 there; the farthest negative, 21,
+    # would give 0 for every anchor of ids 0 and 1)
+    loss = HardTripletLoss(margin=0.5)(_on_line(LINE_X), torch.tensor(LINE_LABELS))
+    assert loss.item() == pytest.approx((2.5 + 2.5 + 4.5 + 6.5 + 3.5 + 2.5) / 8, rel=1e-5)
+    # margin 0: the same pairs, 0.5 less for each of the six active anchors
+    loss = HardTripletLoss(margin=0.0)(_on_line(LINE_X), torch.tensor(LINE_LABELS))
+    assert loss.item() == pytest.approx((2 + 2 + 4 + 6 + 3 + 2) / 8, rel=1e-5)
+
+
+def test_hard_triplet_gradient_reaches_only_the_mined_pairs():
+    # anchor 20 (index 6) and anchor 21 (index 7) are inactive; the active anchors' mined
+    # features are indices 0-5 only, so the features of id 2 get no gradient at all
+    features = _on_line(LINE_X).requires_grad_(True)
+    HardTripletLoss(margin=0.5)(features, torch.tensor(LINE_LABELS)).backward()
+    assert features.grad[6:].abs().sum() == 0
+    assert (features.grad[:6].abs().sum(dim=1) > 0).all()
+
+
+def test_hard_triplet_separated_and_single_identity_batches_give_zero():
+    separated = _on_line([0.0, 1.0, 10.0, 11.0])  # d_ap = 1, d_an >= 9: all below the margin
+    assert HardTripletLoss(margin=0.3)(separated, torch.tensor([0, 0, 1, 1])).item() == 0.0
+    # no negative at all: every anchor contributes 0 instead of failing
+    assert HardTripletLoss()(separated, torch.tensor([4, 4, 4, 4])).item() == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("margin", [0.0, 0.3, 1.0])
+def test_hard_triplet_matches_torchreid(seed, margin):
+    """torchreid's TripletLoss (a loop over anchors + MarginRankingLoss): same value and
+    gradient on random batches of P identities x K instances."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat_interleave(4)[torch.randperm(16, generator=generator)]
+    features = torch.randn(16, 32, generator=generator)
+    ours_in = features.clone().requires_grad_(True)
+    theirs_in = features.clone().requires_grad_(True)
+    ours = HardTripletLoss(margin)(ours_in, labels)
+    theirs = torchreid_api().losses.TripletLoss(margin=margin)(theirs_in, labels)
+    assert theirs.item() > 0  # the batches exercise the hinge, not only its flat part
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------- label smoothing, batches
+def test_label_smoothing_batch_mean_by_hand():
+    # two samples, K = 2, eps 0.2: targets 0.9 / 0.1 for the labelled / other class
+    logits = torch.tensor([[0.0, 0.0], [3.0, 1.0]])
+    log_half = math.log(0.5)
+    log_z = math.log(E**3 + E)
+    first = -(0.9 * log_half + 0.1 * log_half)  # label 1, uniform logits: log 2
+    second = -(0.9 * (1 - log_z) + 0.1 * (3 - log_z))  # label 1 of logits (3, 1)
+    loss = label_smoothed_cross_entropy(logits, torch.tensor([1, 1]), 0.2)
+    assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        label_smoothed_cross_entropy(logits, torch.tensor([1, 1]), 1.0)
+
+
+def test_label_smoothing_matches_torchreid():
+    """torchreid's CrossEntropyLoss(label_smooth=True) uses eps 0.1."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=generator)
+    labels = torch.randint(0, 5, (8,), generator=generator)
+    theirs = torchreid_api().losses.CrossEntropyLoss(num_classes=5, use_gpu=False)(logits, labels)
+    ours = label_smoothed_cross_entropy(logits, labels, 0.1)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_hsf_uses_its_configured_label_smoothing():
+    # the case of test_hsf_by_hand without smoothing: plain cross-entropy per modality
+    feature = torch.tensor([[1.0, 0.0]])
+    bank = {
+        "rgb": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        "gray": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+    }
+    rgb = math.log(E + 1) - 1  # -log softmax of the higher logit
+    gray = math.log(E + 1)  # -log softmax of the lower one
+    loss = HSFLoss({"rgb": 1.0, "gray": 2.0}, label_smoothing=0.0)
+    total, terms = loss(feature, bank, torch.tensor([0]))
+    assert total.item() == pytest.approx(rgb + 2 * gray, rel=1e-6)
+    assert terms["gray"].item() == pytest.approx(gray, rel=1e-6)

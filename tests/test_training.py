@@ -5,7 +5,8 @@ import json
 import os
 
 import pytest
-from run_helpers import assert_same_weights, checkpoint, opts, run_torchrun
+import torch
+from run_helpers import assert_same_rng, assert_same_weights, checkpoint, opts, run_torchrun
 
 from csgn_plugin.compat import load_checkpoint
 from csgn_plugin.launcher import main
@@ -15,8 +16,11 @@ def baseline_opts(tmp_path, save_dir, *extra):
     return opts(tmp_path / "data", save_dir, "osnet", *extra)
 
 
-def weights(save_dir):
-    return checkpoint(save_dir)["state_dict"]
+def assert_same_end(straight_dir, resumed_dir):
+    """The resumed run ends with the uninterrupted run's weights and random generators."""
+    straight, resumed = checkpoint(straight_dir), checkpoint(resumed_dir)
+    assert_same_weights(straight["state_dict"], resumed["state_dict"])
+    assert_same_rng(straight["rng"], resumed["rng"])
 
 
 def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):
@@ -44,18 +48,26 @@ def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     assert len(os.listdir(save / "visrank_synthcc")) == len(
         engine.datamanager.test_dataset["synthcc"]["query"]
     )
-    # torchreid's own loader reads our checkpoint's weights
+    # torchreid's own loader reads our checkpoint's weights: every tensor of its model comes from
+    # the file (it skips, with only a warning, whatever does not match by name and shape)
     from csgn_plugin.compat import torchreid_api
 
     model = torchreid_api().models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
+    saved = checkpoint(save, "best")["state_dict"]
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
     torchreid_api().utils.load_pretrained_weights(model, str(save / "checkpoints" / "best.pth"))
+    loaded = model.state_dict()
+    not_loaded = [k for k in loaded if k not in saved or not torch.equal(loaded[k], saved[k])]
+    assert not not_loaded, f"{len(not_loaded)} tensors not from the file, e.g. {not_loaded[:5]}"
+    # and loading did change the model: the trained weights are not the fresh ones
+    assert any(not torch.equal(fresh[k], loaded[k]) for k in loaded if k.endswith("conv.weight"))
 
 
 def test_resume_after_an_epoch_ends_with_the_same_weights(tmp_path):
     main(baseline_opts(tmp_path, tmp_path / "straight"))
     main(baseline_opts(tmp_path, tmp_path / "split", "train.max_epoch", "1"))
     main(baseline_opts(tmp_path, tmp_path / "split", "model.resume", "auto"))
-    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+    assert_same_end(tmp_path / "straight", tmp_path / "split")
 
 
 def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
@@ -80,7 +92,7 @@ def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
     state = load_checkpoint(save / "checkpoints" / "last.pth")
     assert state["global_step"] == 6 and state["batch"] > 0  # resumes inside an epoch
     main(baseline_opts(tmp_path, save, "model.resume", "auto", "runtime.checkpoint_iters", "3"))
-    assert_same_weights(weights(tmp_path / "straight"), weights(save))
+    assert_same_end(tmp_path / "straight", save)
 
 
 def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path):

@@ -8,6 +8,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
 * dataset options (the ``cc_data`` config section) passed to every dataset as keyword arguments;
 * the plugin's epoch-seeded samplers (resumable, sharded over DDP ranks);
 * loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
+* loaders that draw nothing from torch's global generator (dropout's), so iterating one again
+  after a resume leaves a resumed run's random numbers as the uninterrupted run's;
 * ``protocols[name]``: the evaluation protocols each target dataset declares.
 """
 
@@ -17,6 +19,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
@@ -71,6 +74,10 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         self.data_type = data_type
         self.world_size = world_size
         self._loader_kwargs = {
+            # a loader draws its workers' base seed each time it is iterated: from this
+            # generator, not from torch's global one, so that dropout's random numbers do not
+            # depend on how many loaders were iterated (a resumed run iterates them anew)
+            "generator": torch.Generator(),
             "num_workers": workers,
             "pin_memory": pin_memory and self.use_gpu,
             "persistent_workers": persistent_workers and workers > 0,

@@ -37,8 +37,9 @@ class CCVID(ClothesVideoDataset):
     dataset_dir = "CCVID"
     protocols = ("general", "sc", "cc")
     obtain = (
-        "CCVID is public (Google Drive / Baidu links at github.com/guxinqian/Simple-CCReID); "
-        "unpack it so that <root>/CCVID/train.txt exists."
+        "CCVID is public (Google Drive / Baidu links at github.com/guxinqian/Simple-CCReID): "
+        "python tools/download.py ccvid --root <root> fetches and unpacks it, or unpack it "
+        "so that <root>/CCVID/train.txt exists."
     )
     official_counts = {"all": {"ids": 226, "images": 2856}}
     official_note = "CCVID counts tracklets (shown in the images column)"

@@ -21,7 +21,8 @@ class CelebReID(FlatFolderDataset):
     protocols = ("general",)
     obtain = (
         "Celeb-reID is public for research (OneDrive / Baidu links at "
-        "github.com/Huang-3/Celeb-reID); unpack it so that <root>/Celeb-reID/train exists."
+        "github.com/Huang-3/Celeb-reID); unpack it so that <root>/Celeb-reID/train exists, or "
+        "pass the archive to python tools/download.py celebreid --root <root> --archive FILE."
     )
     official_counts = {
         "train": {"ids": 632, "images": 20208},
@@ -40,7 +41,9 @@ class CelebReIDLight(CelebReID):
     """Celeb-reID-light: the smaller release (``<root>/Celeb-reID-light/``), same layout."""
 
     dataset_dir = "Celeb-reID-light"
-    obtain = CelebReID.obtain.replace("Celeb-reID/train", "Celeb-reID-light/train")
+    obtain = CelebReID.obtain.replace("Celeb-reID/train", "Celeb-reID-light/train").replace(
+        "download.py celebreid ", "download.py celebreid_light "
+    )
     official_counts = {
         "train": {"ids": 490, "images": 9021},
         "query": {"ids": 100, "images": 887},

@@ -49,8 +49,9 @@ class LaST(EvalSplitDataset):
     dataset_dir = "last"
     protocols = ("general",)
     obtain = (
-        "LaST is public for academic use (Google Drive / Baidu links at github.com/shuxjweb/last); "
-        "unpack it so that <root>/last/train exists."
+        "LaST is public for academic use (Google Drive / Baidu links at github.com/shuxjweb/last): "
+        "python tools/download.py last --root <root> fetches and unpacks it, or unpack it so "
+        "that <root>/last/train exists."
     )
     official_counts = {
         "train": {"ids": 5000, "images": 71248},

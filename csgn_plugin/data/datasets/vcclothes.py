@@ -24,7 +24,8 @@ class VCClothes(FlatFolderDataset):
     eval_cameras: tuple = (1, 2, 3, 4)
     obtain = (
         "VC-Clothes is public (Google Drive / Baidu links on the VC-Clothes project page, "
-        "wanfb.github.io/dataset.html); unpack it so that <root>/VC-Clothes/train exists."
+        "wanfb.github.io/dataset.html); unpack it so that <root>/VC-Clothes/train exists, or "
+        "pass the archive to python tools/download.py vcclothes --root <root> --archive FILE."
     )
     official_counts = {
         "train": {"ids": 256, "images": 9449},
