@@ -208,6 +208,7 @@ class Runtime:
             shuffle=False,
             num_workers=loader.num_workers,
             pin_memory=loader.pin_memory,
+            generator=loader.generator,  # not torch's global one (see the data manager)
         )
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
