@@ -7,7 +7,8 @@ project config and returns ``None`` for names that are not ours.
 
 from __future__ import annotations
 
-from .clip_towers import TINY_ARCHS, ReIDResNet, ReIDViT, load_clip, read_clip_checkpoint
+from .clip_towers import ReIDResNet, ReIDViT
+from .clip_weights import load_clip, read_clip_checkpoint
 from .csgn import (
     CSGN,
     MODEL_FACTORIES,
@@ -19,6 +20,7 @@ from .csgn import (
 )
 from .grayscale import to_grayscale
 from .mdg import PromptLearner, TextEncoder
+from .tiny_archs import TINY_ARCHS
 from .vss import FUSION_MODES, VSS
 
 __all__ = [
