@@ -52,7 +52,9 @@ __all__ = [
     "CSGN",
     "CSGNConfig",
     "MODEL_FACTORIES",
+    "QUICK_GELU_TO_ACTIVATION",
     "MODEL_PRESETS",
+    "architecture_of",
     "build_model_from_config",
     "config_from_architecture",
     "config_from_cfg",
@@ -109,7 +111,7 @@ CONFIG_KEYS: dict[str, str] = {
     "resnet_arch": "clip.resnet_arch / csgn.use_resnet",
     "vit_weights": "clip.vit_weights",
     "resnet_weights": "clip.resnet_weights",
-    "activation": "clip.quick_gelu",
+    "activation": "clip.quick_gelu on|off",
     "image_size": "data.height / data.width",
     "pixel_mean": "data.norm_mean",
     "pixel_std": "data.norm_std",
@@ -227,12 +229,7 @@ class CSGN(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """Every value needed to rebuild this model (num_classes aside), as JSON values."""
-        values = asdict(self.config)
-        values["activation"] = self.activation
-        return {
-            key: list(values[key]) if isinstance(values[key], tuple) else values[key]
-            for key in ARCHITECTURE_FIELDS
-        }
+        return architecture_of(self.config, self.activation)
 
     def get_extra_state(self) -> torch.Tensor:
         # the architecture, as a fixed-size tensor that every "same shape" loader keeps
@@ -330,6 +327,20 @@ class CSGN(nn.Module):
             for neck in self.vss.necks.values():
                 neck.bias.requires_grad_(False)
         self.stage = stage
+
+
+def architecture_of(config: CSGNConfig, activation: str) -> dict[str, Any]:
+    """The architecture dict (JSON values) of ``config`` built with the resolved ``activation``:
+    every field but the weight sources; :func:`config_from_architecture` inverts it."""
+    if activation not in ("quick_gelu", "gelu"):
+        raise ValueError(
+            f"activation must be resolved ('quick_gelu' or 'gelu'), got {activation!r}"
+        )
+    values = asdict(replace(config, activation=activation))
+    return {
+        key: list(values[key]) if isinstance(values[key], tuple) else values[key]
+        for key in ARCHITECTURE_FIELDS
+    }
 
 
 def preset_config(name: str, **overrides: Any) -> CSGNConfig:
