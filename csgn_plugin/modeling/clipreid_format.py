@@ -242,13 +242,14 @@ def clipreid_model_spec(
 ) -> ModelSpec:
     """The spec of the plugin model a CLIP-ReID file becomes.
 
-    ``input`` defaults to CLIP-ReID's own for the file's tower (:data:`CLIPREID_INPUTS`);
-    ``sie_scale`` to 1.0 for stride-12 files with cameras and 3.0 otherwise (module docstring).
-    The inference feature is CLIP-ReID's: every part, before the BN necks, no flip.
+    ``input`` holds overrides of CLIP-ReID's own input for the file's tower
+    (:data:`CLIPREID_INPUTS`); ``sie_scale`` defaults to 1.0 for stride-12 files with cameras
+    and 3.0 otherwise (module docstring). The inference feature is CLIP-ReID's: every part,
+    before the BN necks, no flip.
     """
     stripped = _strip(state)
     kind = "clipreid_vitb16" if "image_encoder.proj" in stripped else "clipreid_rn50"
-    input = dict(input or CLIPREID_INPUTS[kind])
+    input = {**CLIPREID_INPUTS[kind], **(input or {})}
     facts = clipreid_facts(stripped, (input["height"], input["width"]), where)
     if sie_scale is None:
         overlapping = facts.get("vit_stride", _PATCH) < _PATCH and facts["num_cameras"] > 0

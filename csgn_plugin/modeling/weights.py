@@ -70,8 +70,8 @@ class LoadReport:
 
     def _sections(self) -> list[tuple[str, list[str]]]:
         return [
-            ("skipped (shape differs)", self.shape_mismatch),
             ("missing from the checkpoint", self.missing),
+            ("skipped (shape differs)", self.shape_mismatch),
             ("unexpected (not in the model)", self.unexpected),
             ("architecture differs (checkpoint -> model)", self.architecture_differences),
         ]
