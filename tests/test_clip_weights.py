@@ -146,3 +146,13 @@ def test_weight_errors_are_clear(tmp_path):
         read_clip_checkpoint(str(tmp_path / "no_weights.pt"))
     with pytest.raises(ValueError, match="activation must be one of"):
         load_clip("csgn-tiny-vit", activation="maybe")
+
+
+def test_files_in_torchs_legacy_format_are_read(tmp_path):
+    """Files saved before torch 1.6's zip format cannot be memory-mapped; they are read whole."""
+    model = _tiny_clip(False)
+    path = tmp_path / "legacy.pt"
+    torch.save({"state_dict": model.state_dict()}, path, _use_new_zipfile_serialization=False)
+    state, fmt = read_clip_checkpoint(str(path))
+    assert fmt == "open_clip"
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
