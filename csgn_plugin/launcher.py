@@ -27,7 +27,7 @@ from yacs.config import CfgNode
 from . import builders
 from .compat import torchreid_api
 from .config import load_config
-from .engine.checkpoint import load_weights
+from .modeling.weights import load_weights_file
 
 tr = torchreid_api()
 
@@ -132,8 +132,11 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int) -> object:
     builders.check_data(cfg, datamanager)
     model = builders.build_model(cfg, datamanager, use_gpu)
     if cfg.model.load_weights:
-        report = load_weights(model, cfg.model.load_weights, strict=cfg.model.strict_load)
+        policy = "strict" if cfg.model.strict_load else "partial"
+        report = load_weights_file(model, cfg.model.load_weights, policy)
         print(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
+        if not report.complete:
+            print(report.warning_block())
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     model = model.to(device)
     builders.check_input_size(cfg, model, device)

@@ -51,14 +51,12 @@ from ..evaluation import (
 from ..evaluation.pooling import average_clip_features
 from ..losses import HSFLoss
 from ..losses.triplet import HardTripletLoss
+from ..modeling.weights import CheckpointMismatchError, extract_state_dict, match_state_dict
 from .checkpoint import (
-    CheckpointMismatchError,
     atomic_save,
     atomic_write_text,
     config_differences,
-    extract_state_dict,
     fault_point,
-    match_state_dict,
     rng_state,
     set_rng_state,
 )
