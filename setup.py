@@ -14,6 +14,9 @@ setup(
         "torchvision>=0.16",
         "torchreid>=0.2.5",
         "open_clip_torch>=2.24",
+        # open_clip reads safetensors CLIP weights with it (open_clip depends on it too; the
+        # plugin's support for those files must not hang on that)
+        "safetensors>=0.4",
         "yacs>=0.1.8",
         "numpy>=1.23",
         "gdown>=6.3",  # download(timeout=...) and its resume contract

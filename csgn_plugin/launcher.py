@@ -31,7 +31,7 @@ from yacs.config import CfgNode
 from . import builders, checks
 from .compat import torchreid_api
 from .config import load_config
-from .engine.checkpoint import load_weights
+from .modeling.weights import load_weights_file
 from .progress import get_logger
 
 tr = torchreid_api()
@@ -144,8 +144,11 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int, run_dir: str) 
     checks.check_data(cfg, datamanager)
     model = builders.build_model(cfg, datamanager, use_gpu)
     if cfg.model.load_weights:
-        report = load_weights(model, cfg.model.load_weights, strict=cfg.model.strict_load)
+        policy = "strict" if cfg.model.strict_load else "partial"
+        report = load_weights_file(model, cfg.model.load_weights, policy)
         log(f"=> Weights from '{cfg.model.load_weights}': {report.summary()}")
+        if not report.complete:
+            get_logger().warning(report.warning_block())
     device = runtime.device
     model = model.to(device)
     checks.check_input_size(cfg, model, device)

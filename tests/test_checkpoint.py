@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from csgn_plugin.engine.checkpoint import load_weights, rng_state, set_rng_state
+from csgn_plugin.engine.checkpoint import rng_state, set_rng_state
 from csgn_plugin.fileio import atomic_save
+from csgn_plugin.modeling.weights import load_weights_file
 
 
 class Unpicklable:
@@ -42,7 +43,7 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_load_weights_reports_loaded_skipped_missing_unexpected(tmp_path):
+def test_partial_loading_reports_loaded_skipped_missing_unexpected(tmp_path):
     source = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     state = {"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}
     state["state_dict"]["module.extra"] = torch.zeros(1)
@@ -50,20 +51,20 @@ def test_load_weights_reports_loaded_skipped_missing_unexpected(tmp_path):
     target = torch.nn.Sequential(
         torch.nn.Linear(4, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 1)
     )
-    report = load_weights(target, str(tmp_path / "w.pth"))
+    report = load_weights_file(target, str(tmp_path / "w.pth"), "partial")
     assert sorted(report.loaded) == ["0.bias", "0.weight"]
     assert len(report.shape_mismatch) == 2 and report.shape_mismatch[0].startswith("1.")
     assert sorted(report.missing) == ["2.bias", "2.weight"]  # shape-mismatched ones are skipped
     assert report.unexpected == ["extra"]
     assert torch.equal(target[0].weight, source[0].weight)
     with pytest.raises(RuntimeError, match="strict loading .* refused"):
-        load_weights(target, str(tmp_path / "w.pth"), strict=True)
+        load_weights_file(target, str(tmp_path / "w.pth"))  # strict by default
 
 
 def test_load_weights_refuses_a_file_without_tensors(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "x.pth")
     with pytest.raises(RuntimeError, match="no model state dict"):
-        load_weights(torch.nn.Linear(2, 2), str(tmp_path / "x.pth"))
+        load_weights_file(torch.nn.Linear(2, 2), str(tmp_path / "x.pth"))
 
 
 def test_atomic_write_text_replaces_whole_files_and_leaves_no_temporary(tmp_path, monkeypatch):

@@ -1,23 +1,14 @@
-"""CLIP towers at ReID sizes: grids, positional interpolation, weight formats, SIE."""
+"""CLIP towers at ReID sizes: grids, positional interpolation (square or not), SIE, key names."""
 
 import copy
-import warnings
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from csgn_plugin.modeling.clip_towers import (
-    ReIDResNet,
-    ReIDViT,
-    load_clip,
-    read_clip_checkpoint,
-    resnet_grid,
-    vit_grid,
-)
-
-TEXT = ["A photo of a person in a red coat.", "a grey photo"]
+from csgn_plugin.modeling.clip_towers import ReIDResNet, ReIDViT, resnet_grid, vit_grid
+from csgn_plugin.modeling.clip_weights import clip_arch_config, load_clip
 
 
 def _reference_grid(pos: torch.Tensor, old: tuple, new: tuple, mode: str) -> torch.Tensor:
@@ -104,93 +95,30 @@ def test_sie_adds_scaled_camera_vector_to_class_token():
         assert not torch.allclose(with_sie(x)[1], shifted[1])  # no camids: no embedding
 
 
-def _save_formats(tmp_path):
-    """Random tiny CLIPs written the ways OpenAI and open_clip distribute weights."""
-    openai_like = open_clip.CLIP(**_cfg("csgn-tiny-vit"), quick_gelu=True).eval()
-    open_clip_like = open_clip.CLIP(**_cfg("csgn-tiny-vit"), quick_gelu=False).eval()
-    paths = {}
-    # OpenAI's released .pt files are TorchScript archives of the whole CLIP model.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace_module(
-            openai_like,
-            {"encode_image": (torch.ones(1, 3, 224, 224),)},
-            check_trace=False,
-        )
-        torch.jit.save(traced, str(tmp_path / "ViT-tiny.pt"))
-    paths["openai-torchscript"] = (tmp_path / "ViT-tiny.pt", openai_like)
-    # OpenAI's clip package state dict: flat CLIP names, many tensors in float16.
-    state = {
-        k: (v.half() if v.is_floating_point() else v) for k, v in openai_like.state_dict().items()
-    }
-    state["input_resolution"] = torch.tensor(224)  # metadata OpenAI's archives carry
-    torch.save(state, tmp_path / "openai_state.pth")
-    paths["openai-state-dict"] = (tmp_path / "openai_state.pth", openai_like)
-    # open_clip's training checkpoint: DDP-prefixed names under 'state_dict'.
-    torch.save(
-        {
-            "epoch": 3,
-            "name": "run",
-            "state_dict": {f"module.{k}": v for k, v in open_clip_like.state_dict().items()},
-        },
-        tmp_path / "epoch_3.pt",
-    )
-    paths["open_clip"] = (tmp_path / "epoch_3.pt", open_clip_like)
-    return paths
+def test_vit_from_a_non_square_source_grid():
+    """A CLIP built at (64, 32) has a 4x2 grid; ReIDViT interpolates from that grid."""
+    cfg = clip_arch_config("csgn-tiny-vit")
+    cfg["vision_cfg"]["image_size"] = [64, 32]
+    clip = open_clip.CLIP(**cfg).eval()
+    assert tuple(clip.visual.grid_size) == (4, 2)
+    source = clip.visual.positional_embedding.detach().clone()  # 1 + 4*2 rows
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        expected = clip.encode_image(x)
+        native = ReIDViT(copy.deepcopy(clip.visual), (64, 32)).eval()
+        torch.testing.assert_close(native.project(native(x)[1]), expected)
+    vit = ReIDViT(clip.visual, (128, 64), pos_interp="bicubic")
+    assert vit.grid == (8, 4)
+    torch.testing.assert_close(vit.positional_embedding[0], source[0])
+    reference = _reference_grid(source, (4, 2), (8, 4), "bicubic")
+    torch.testing.assert_close(vit.positional_embedding[1:].detach(), reference)
 
 
-def _cfg(arch):
-    from csgn_plugin.modeling.clip_towers import TINY_ARCHS
-
-    return copy.deepcopy(TINY_ARCHS[arch])
-
-
-def test_every_weight_format_loads_to_the_source_outputs(tmp_path):
-    x = torch.randn(2, 3, 224, 224)
-    tokens = open_clip.tokenize(TEXT, context_length=16)  # the tiny text tower's length
-    for fmt, (path, source) in _save_formats(tmp_path).items():
-        state, detected = read_clip_checkpoint(str(path))
-        assert detected == fmt
-        assert "input_resolution" not in state
-        loaded = load_clip("csgn-tiny-vit", str(path)).eval()  # quick_gelu 'auto'
-        with torch.no_grad():
-            exp_img, exp_txt = source.encode_image(x), source.encode_text(tokens)
-            # float16 storage rounds the weights: compare at half precision
-            tol = {"atol": 2e-2, "rtol": 2e-2} if fmt == "openai-state-dict" else {}
-            torch.testing.assert_close(loaded.encode_image(x), exp_img, **tol)
-            torch.testing.assert_close(loaded.encode_text(tokens), exp_txt, **tol)
-            if fmt != "openai-state-dict":
-                # the wrong activation would change the outputs: the check has teeth
-                wrong = "off" if fmt.startswith("openai") else "on"
-                other = load_clip("csgn-tiny-vit", str(path), quick_gelu=wrong).eval()
-                assert not torch.allclose(other.encode_text(tokens), exp_txt, atol=1e-5)
-
-
-def test_reid_towers_from_a_file_keep_the_file_weights(tmp_path):
-    path, source = _save_formats(tmp_path)["openai-torchscript"]
-    vit = ReIDViT(load_clip("csgn-tiny-vit", str(path)).visual, (256, 128))
-    torch.testing.assert_close(
-        vit.transformer.resblocks[1].mlp.c_fc.weight,
-        source.visual.transformer.resblocks[1].mlp.c_fc.weight,
-    )
-    expected = _reference_grid(
-        source.visual.positional_embedding.detach(), (14, 14), (16, 8), "bilinear"
-    )
-    torch.testing.assert_close(vit.positional_embedding[1:].detach(), expected)
-
-
-def test_weight_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown CLIP architecture 'ViT-Q-99'"):
-        load_clip("ViT-Q-99")
-    with pytest.raises(ValueError, match="neither an existing file nor a pretrained tag"):
-        load_clip("csgn-tiny-vit", "no_such_tag")
-    rn_file = tmp_path / "rn.pth"
-    torch.save(load_clip("csgn-tiny-rn").state_dict(), rn_file)
-    with pytest.raises(ValueError, match="rn.pth.*does not fit CLIP architecture 'csgn-tiny-vit'"):
-        load_clip("csgn-tiny-vit", str(rn_file))
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="junk.pt"):
-        load_clip("csgn-tiny-vit", str(junk))
-    with pytest.raises(ValueError, match="quick_gelu"):
-        load_clip("csgn-tiny-vit", quick_gelu="maybe")
+def test_resnet_keeps_clips_key_names():
+    visual = load_clip("csgn-tiny-rn").visual
+    clip_keys = list(visual.state_dict())
+    resnet = ReIDResNet(visual, (128, 64))
+    assert list(resnet.state_dict()) == clip_keys  # conv1.weight, layer1.0.bn1.weight, ...
+    assert "conv1.weight" in clip_keys and "attnpool.c_proj.weight" in clip_keys
+    without_pool = ReIDResNet(load_clip("csgn-tiny-rn").visual, (128, 64), keep_attnpool=False)
+    assert list(without_pool.state_dict()) == [k for k in clip_keys if not k.startswith("attnpool")]

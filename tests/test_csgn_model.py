@@ -16,7 +16,7 @@ from csgn_plugin.modeling import (
     config_from_cfg,
     preset_config,
 )
-from csgn_plugin.modeling.clip_towers import load_clip
+from csgn_plugin.modeling.clip_weights import load_clip
 
 tr = torchreid_api()
 TINY = {"vit_arch": "csgn-tiny-vit", "resnet_arch": "csgn-tiny-rn", "image_size": (128, 64)}

@@ -11,10 +11,10 @@ import torch
 from run_helpers import checkpoint, opts
 
 from csgn_plugin.compat import torchreid_api
-from csgn_plugin.engine.checkpoint import CheckpointMismatchError, load_weights
 from csgn_plugin.fileio import atomic_save
 from csgn_plugin.launcher import main
 from csgn_plugin.modeling import CSGN, preset_config
+from csgn_plugin.modeling.weights import CheckpointMismatchError, load_weights_file
 
 tr = torchreid_api()
 TINY = {"vit_arch": "csgn-tiny-vit", "resnet_arch": "csgn-tiny-rn", "image_size": (64, 32)}
@@ -36,14 +36,19 @@ def differing_shapes(a, b):
 
 
 @pytest.mark.parametrize(
-    ("name", "overrides", "expected"),
+    ("name", "overrides", "expected", "architecture"),
     [
-        ("other_ids", {"num_ids": 6}, ["classifiers.global", "classifiers.proj", "ctx.rgb"]),
-        ("other_prompt", {"prompt_n_ctx": 8}, ["ctx.gray", "ctx.rgb", "token_suffix"]),
+        ("other_ids", {"num_ids": 6}, ["classifiers.global", "classifiers.proj", "ctx.rgb"], []),
+        (
+            "other_prompt",
+            {"prompt_n_ctx": 8},
+            ["ctx.gray", "ctx.rgb", "token_suffix"],
+            ["prompt_n_ctx (csgn.prompt_n_ctx): 4 -> 8"],
+        ),
     ],
 )
 def test_a_checkpoint_of_another_configuration_is_reported_key_by_key(
-    tmp_path, name, overrides, expected
+    tmp_path, name, overrides, expected, architecture
 ):
     torch.manual_seed(1)
     source = tiny_csgn()
@@ -54,14 +59,18 @@ def test_a_checkpoint_of_another_configuration_is_reported_key_by_key(
     assert all(any(e in k for k in skipped) for e in expected)
 
     with pytest.raises(CheckpointMismatchError, match=re.escape(path) + ".*refused") as err:
-        load_weights(target, path, strict=True)
+        load_weights_file(target, path)
     assert all(k in str(err.value) for k in skipped)  # the reason: every differing key
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
 
-    report = load_weights(target, path)
+    report = load_weights_file(target, path, "partial")
     assert sorted(k.split(" ")[0] for k in report.shape_mismatch) == skipped
-    assert sorted(report.loaded) == sorted(set(source.state_dict()) - set(skipped))
+    # the architecture record ('_extra_state') is compared, not loaded as a weight
+    assert sorted(report.loaded) == sorted(
+        set(source.state_dict()) - set(skipped) - {"_extra_state"}
+    )
     assert report.missing == [] and report.unexpected == []
+    assert report.architecture_differences == architecture  # num_classes is not architecture
     for key in report.loaded:
         assert torch.equal(target.state_dict()[key], source.state_dict()[key]), key
     for key in skipped:
@@ -72,7 +81,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     osnet = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
     path = save_weights(osnet, tmp_path / "osnet.pth")
     with pytest.raises(CheckpointMismatchError, match="no tensor of .* fits the model"):
-        load_weights(tiny_csgn(), path)
+        load_weights_file(tiny_csgn(), path, "partial")
 
 
 def test_truncated_and_empty_files_are_refused_naming_the_file(tmp_path):
@@ -80,10 +89,10 @@ def test_truncated_and_empty_files_are_refused_naming_the_file(tmp_path):
     cut = tmp_path / "cut.pth"
     cut.write_bytes(open(path, "rb").read()[: os.path.getsize(path) // 2])
     with pytest.raises(RuntimeError, match=r"cut\.pth.*truncated or not a torch file"):
-        load_weights(tiny_csgn(), str(cut))
+        load_weights_file(tiny_csgn(), str(cut))
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(RuntimeError, match=r"empty\.pth.*0 bytes"):
-        load_weights(tiny_csgn(), str(tmp_path / "empty.pth"))
+        load_weights_file(tiny_csgn(), str(tmp_path / "empty.pth"))
 
 
 def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp_path):
@@ -99,7 +108,7 @@ def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp
     old = tmp_path / "model.pth.tar-3"
     torch.save(state, old, _use_new_zipfile_serialization=False)
     target = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
-    report = load_weights(target, str(old), strict=True)
+    report = load_weights_file(target, str(old))
     assert report.complete and len(report.loaded) == len(source.state_dict())
     assert torch.equal(target.conv1.conv.weight, source.conv1.conv.weight)
 

@@ -4,7 +4,8 @@ import open_clip
 import pytest
 import torch
 
-from csgn_plugin.modeling.clip_towers import clip_text_parts, load_clip
+from csgn_plugin.modeling.clip_towers import clip_text_parts
+from csgn_plugin.modeling.clip_weights import load_clip
 from csgn_plugin.modeling.grayscale import to_grayscale
 from csgn_plugin.modeling.mdg import PromptLearner, TextEncoder
 

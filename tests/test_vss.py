@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from csgn_plugin.modeling.clip_towers import ReIDResNet, ReIDViT, load_clip
+from csgn_plugin.modeling.clip_towers import ReIDResNet, ReIDViT
+from csgn_plugin.modeling.clip_weights import load_clip
 from csgn_plugin.modeling.vss import FUSION_MODES, VSS
 
 NUM_CLASSES = 7

@@ -4,15 +4,14 @@ A checkpoint is a dict whose ``state_dict`` holds the model weights (so torchrei
 ``load_pretrained_weights`` reads it), whose ``model_spec`` says how to rebuild the model without
 a config file, and whose other keys hold everything a resume needs: the optimizer, scheduler,
 gradient scaler, stages, random generators and the loop's progress. :class:`Checkpointer` writes
-and restores it; files are written with :func:`csgn_plugin.fileio.atomic_save`.
+and restores it; files are written with :func:`csgn_plugin.fileio.atomic_save`. Loading weights
+into a model for any other purpose is :mod:`csgn_plugin.modeling.weights`.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -22,11 +21,8 @@ from torch import nn
 
 from ..compat import load_checkpoint
 from ..fileio import atomic_save
+from ..modeling.weights import CheckpointMismatchError, extract_state_dict, match_state_dict
 from ..runtime import NonFiniteLossError, Runtime
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's weights do not fit the model (refused, nothing loaded)."""
 
 
 def rng_state() -> dict:
@@ -64,81 +60,6 @@ def _as_python_state(state: Any) -> tuple:
     # weights_only loading turns the inner tuple into a list; random.setstate wants tuples
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-@dataclass
-class LoadReport:
-    """What a weight load did, key by key."""
-
-    loaded: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def summary(self, limit: int = 20) -> str:
-        """Counts, and the names of up to ``limit`` keys of every kind that did not load."""
-
-        def some(keys: list[str]) -> str:
-            more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
-
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        for name, keys in (
-            ("skipped (shape differs)", self.shape_mismatch),
-            ("missing from the checkpoint", self.missing),
-            ("unexpected (not in the model)", self.unexpected),
-        ):
-            if keys:
-                lines.append(f"{name}: {some(keys)}")
-        return "; ".join(lines)
-
-    @property
-    def complete(self) -> bool:
-        return not (self.shape_mismatch or self.missing or self.unexpected)
-
-
-def extract_state_dict(checkpoint: Any, path: str = "") -> dict:
-    """The model weights of a checkpoint (ours, torchreid's, or a bare state dict)."""
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise RuntimeError(f"'{path}' holds no model state dict (expected tensors by name)")
-    return OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in state.items())
-
-
-def match_state_dict(model: nn.Module, source: dict) -> tuple[OrderedDict, LoadReport]:
-    """The tensors of ``source`` that fit ``model`` by name and shape, and the full report."""
-    target = model.state_dict()
-    report = LoadReport()
-    matched = OrderedDict()
-    for key, value in source.items():
-        if key not in target:
-            report.unexpected.append(key)
-        elif target[key].shape != value.shape:
-            report.shape_mismatch.append(
-                f"{key} {tuple(value.shape)} vs model {tuple(target[key].shape)}"
-            )
-        else:
-            matched[key] = value
-            report.loaded.append(key)
-    report.missing = [key for key in target if key not in source]
-    return matched, report
-
-
-def load_weights(model: nn.Module, path: str, strict: bool = False) -> LoadReport:
-    """Load the weights stored in ``path`` into ``model`` and say exactly what happened.
-
-    Tensors whose names and shapes match are loaded; the rest are reported. With ``strict``
-    (``model.strict_load``), anything short of a complete match raises
-    :class:`CheckpointMismatchError` before the model is touched; a file none of whose tensors
-    fit is refused either way.
-    """
-    matched, report = match_state_dict(model, extract_state_dict(load_checkpoint(path), path))
-    if strict and not report.complete:
-        raise CheckpointMismatchError(f"strict loading of '{path}' refused: {report.summary()}")
-    if not matched:
-        raise CheckpointMismatchError(f"no tensor of '{path}' fits the model: {report.summary()}")
-    model.load_state_dict(matched, strict=False)
-    return report
 
 
 def config_differences(saved: str, current: str, limit: int = 10) -> list[str]:

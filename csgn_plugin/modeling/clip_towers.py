@@ -1,26 +1,22 @@
-"""CLIP image and text towers from open_clip, reshaped for person re-identification.
+"""CLIP's image towers reshaped for person re-identification, and the text-tower parts.
 
-* :func:`load_clip` builds an open_clip ``CLIP`` at its native resolution and fills it with weights
-  from an open_clip pretrained tag (``'openai'``: downloads), a local file (OpenAI TorchScript
-  archive, OpenAI-style flat state dict, or open_clip training checkpoint) or nothing (random).
-* :class:`ReIDViT` takes the ViT of such a model to any ReID input size: patch stride 16 or an
-  overlapping stride (12 in CLIP-ReID), positional grid interpolated, optional camera embedding
-  (SIE, added to the class token as in CLIP-ReID).
+* :class:`ReIDViT` takes the ViT of an open_clip ``CLIP`` to any ReID input size: patch stride
+  16 or an overlapping stride (12 in CLIP-ReID), positional grid interpolated from the source
+  grid (``visual.grid_size``, square or not), optional camera embedding (SIE, added to the class
+  token as in CLIP-ReID).
 * :class:`ReIDResNet` takes the ModifiedResNet with layer-4 stride 1 (a 16x8 map at 256x128) and,
-  if kept, its attention pool with the positional grid interpolated.
-* :data:`TINY_ARCHS` are small architectures for tests and CPU demos; :func:`load_clip` accepts
-  their names like open_clip's own.
+  if kept, its attention pool with the positional grid interpolated. It runs open_clip's own
+  ``ModifiedResNet.stem`` and residual layers.
+* :func:`clip_text_parts` hands the text tower's pieces to the prompt learner and text encoder.
+
+Building a ``CLIP`` and reading weight files is :mod:`~csgn_plugin.modeling.clip_weights`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import warnings
-import zipfile
 from typing import Any, Optional
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
@@ -28,169 +24,13 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 __all__ = [
-    "TINY_ARCHS",
     "ReIDResNet",
     "ReIDViT",
     "clip_text_parts",
-    "load_clip",
-    "read_clip_checkpoint",
     "resize_grid_embedding",
     "resnet_grid",
     "vit_grid",
 ]
-
-# 16 tokens hold the template with its 4 learned tokens; CLIP's 77 would cost 5x on a CPU
-_TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
-
-# Small enough that a CPU forward+backward of a 16-image 128x64 batch takes well under a second.
-TINY_ARCHS: dict[str, dict] = {
-    "csgn-tiny-vit": {
-        "embed_dim": 64,
-        "vision_cfg": {
-            "image_size": 224,
-            "layers": 2,
-            "width": 64,
-            "patch_size": 16,
-            "head_width": 32,
-        },
-        "text_cfg": dict(_TINY_TEXT),
-    },
-    "csgn-tiny-rn": {
-        "embed_dim": 64,
-        "vision_cfg": {
-            "image_size": 224,
-            "layers": [1, 1, 1, 1],
-            "width": 8,
-            "patch_size": None,
-            "head_width": 64,
-        },
-        "text_cfg": dict(_TINY_TEXT),
-    },
-}
-
-# Entries of OpenAI's TorchScript state dicts that are metadata or non-persistent buffers.
-_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-
-
-def _arch_config(arch: str) -> dict:
-    if arch in TINY_ARCHS:
-        cfg = {key: (dict(v) if isinstance(v, dict) else v) for key, v in TINY_ARCHS[arch].items()}
-        return cfg
-    cfg = open_clip.get_model_config(arch)
-    if cfg is None:
-        known = sorted(TINY_ARCHS) + open_clip.list_models()
-        raise ValueError(f"unknown CLIP architecture '{arch}'; known: {', '.join(known)}")
-    unsupported = [k for k in ("custom_text", "multimodal_cfg") if cfg.get(k)]
-    unsupported += [k for k in ("timm_model_name",) if cfg["vision_cfg"].get(k)]
-    unsupported += [k for k in ("hf_model_name",) if cfg["text_cfg"].get(k)]
-    if unsupported:
-        raise ValueError(
-            f"CLIP architecture '{arch}' uses {unsupported}: only plain OpenAI-style CLIP "
-            "models (ViT or ModifiedResNet image tower, CLIP text transformer) are supported"
-        )
-    return cfg
-
-
-def _is_torchscript(path: str) -> bool:
-    """TorchScript archives are zip files holding ``<name>/code/`` and ``constants.pkl``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def read_clip_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Read a CLIP weight file; returns ``(state_dict, format)``.
-
-    ``format`` is ``'openai-torchscript'`` (OpenAI's released ``.pt`` archives),
-    ``'openai-state-dict'`` (a flat dict of CLIP's parameter names, as OpenAI's ``clip`` package
-    and open_clip's hub files store them) or ``'open_clip'`` (open_clip's training checkpoint:
-    a dict with ``'state_dict'``, keys possibly prefixed ``module.``).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP weight file not found: '{path}'")
-    if _is_torchscript(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit.load is deprecated in favour of export
-            try:
-                module = torch.jit.load(path, map_location="cpu")
-            except RuntimeError as exc:
-                raise RuntimeError(f"'{path}': damaged TorchScript archive: {exc}") from exc
-        state, fmt = dict(module.state_dict()), "openai-torchscript"
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise RuntimeError(
-                f"'{path}' is not a readable CLIP weight file (expected an OpenAI TorchScript "
-                f"archive, a state dict or an open_clip checkpoint): {exc}"
-            ) from exc
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            state, fmt = obj["state_dict"], "open_clip"
-        elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-            state, fmt = obj, "openai-state-dict"
-        else:
-            raise ValueError(
-                f"'{path}' holds a {type(obj).__name__} that is neither a state dict nor an "
-                "open_clip checkpoint (a dict with 'state_dict')"
-            )
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
-    return state, fmt
-
-
-def _resolve_quick_gelu(quick_gelu: str, weights_format: Optional[str]) -> bool:
-    if quick_gelu in ("on", "off"):
-        return quick_gelu == "on"
-    if quick_gelu != "auto":
-        raise ValueError(f"clip.quick_gelu must be 'auto', 'on' or 'off', got '{quick_gelu}'")
-    # OpenAI trained with QuickGELU; open_clip's own models use nn.GELU.
-    return weights_format in ("openai-torchscript", "openai-state-dict")
-
-
-def load_clip(arch: str, weights: str = "", quick_gelu: str = "auto") -> nn.Module:
-    """An open_clip ``CLIP`` of architecture ``arch`` at its native resolution, weights loaded.
-
-    ``weights``: ``''`` (random), an open_clip pretrained tag of ``arch`` such as ``'openai'``
-    (downloaded by open_clip: needs network), or a path to a local file (see
-    :func:`read_clip_checkpoint`). ``quick_gelu``: ``'auto'`` uses QuickGELU for OpenAI weights
-    (the ``openai`` tag, TorchScript archives and flat state dicts) and nn.GELU otherwise;
-    ``'on'``/``'off'`` force it (needed for open_clip hub files of GELU models, which are flat).
-    """
-    cfg = _arch_config(arch)
-    if weights and not os.path.isfile(weights):
-        tag_cfg = open_clip.get_pretrained_cfg(arch, weights)
-        if not tag_cfg:
-            raise ValueError(
-                f"CLIP weights '{weights}' for '{arch}' are neither an existing file nor a "
-                f"pretrained tag; tags: {open_clip.list_pretrained_tags_by_model(arch)}"
-            )
-        use_quick = (
-            bool(tag_cfg.get("quick_gelu", False))
-            if quick_gelu == "auto"
-            else _resolve_quick_gelu(quick_gelu, None)
-        )
-        return open_clip.create_model(arch, pretrained=weights, force_quick_gelu=use_quick)
-    state, fmt = read_clip_checkpoint(weights) if weights else (None, None)
-    model = open_clip.CLIP(**cfg, quick_gelu=_resolve_quick_gelu(quick_gelu, fmt))
-    if state is not None:
-        own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shapes = [
-            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and v.shape != own[k].shape
-        ]
-        if missing or unexpected or shapes:
-            raise ValueError(
-                f"'{weights}' ({fmt}) does not fit CLIP architecture '{arch}': "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
-            )
-        model.load_state_dict(state)
-    return model
 
 
 def resize_grid_embedding(
@@ -267,7 +107,9 @@ class ReIDViT(nn.Module):
             raise ValueError("ReIDViT supports CLIP ViTs with class-token pooling and a projection")
         if visual.final_ln_after_pool or not isinstance(visual.patch_dropout, nn.Identity):
             raise ValueError("ReIDViT does not support final_ln_after_pool or patch dropout")
-        patch = visual.conv1.kernel_size[0]
+        patch_h, patch = visual.conv1.kernel_size
+        if patch_h != patch:
+            raise ValueError(f"ReIDViT needs square patches, got {visual.conv1.kernel_size}")
         if stride < 1 or stride > patch:
             raise ValueError(f"ViT stride must be in 1..{patch} (patch size), got {stride}")
         self.image_size = tuple(image_size)
@@ -275,7 +117,9 @@ class ReIDViT(nn.Module):
         self.conv1 = visual.conv1
         self.conv1.stride = (stride, stride)
         self.class_embedding = visual.class_embedding
-        old_grid = _square_grid(visual.positional_embedding.shape[0])
+        # the grid the source was trained at: square for CLIP's 224x224, not for a CLIP built
+        # with a (height, width) image size
+        old_grid = tuple(visual.grid_size)
         self.positional_embedding = nn.Parameter(
             resize_grid_embedding(visual.positional_embedding.data, old_grid, self.grid, pos_interp)
         )
@@ -316,9 +160,15 @@ class ReIDViT(nn.Module):
 class ReIDResNet(nn.Module):
     """CLIP's ModifiedResNet at a ReID input size.
 
-    ``forward(x)`` returns ``(layer3_map, layer4_map)``. With ``keep_attnpool``, :meth:`attnpool`
+    ``forward(x)`` returns ``(layer3_map, layer4_map)``, computed by open_clip's own
+    ``ModifiedResNet.stem`` and residual layers. With ``keep_attnpool``, :meth:`attnpool`
     (CLIP's attention pool, positional grid interpolated to the layer-4 map) maps a layer-4 map
     into the model's joint space; without it the module holds no attention-pool parameters.
+
+    The ModifiedResNet's sub-modules are registered on this module directly, not under a child
+    of their own, so that state-dict keys stay CLIP's (``conv1.weight``, ``layer1.0.bn1.weight``,
+    ``attnpool.c_proj.weight``: ``vss.resnet.conv1.weight`` in CSGN); ``ModifiedResNet.stem`` is
+    then called with this module, which has every attribute the stem reads.
     """
 
     def __init__(
@@ -336,23 +186,9 @@ class ReIDResNet(nn.Module):
             raise ValueError(f"ResNet last stride must be 1 or 2, got {last_stride}")
         self.image_size = tuple(image_size)
         self.grid = resnet_grid(self.image_size, last_stride)
-        for name in (
-            "conv1",
-            "bn1",
-            "act1",
-            "conv2",
-            "bn2",
-            "act2",
-            "conv3",
-            "bn3",
-            "act3",
-            "avgpool",
-            "layer1",
-            "layer2",
-            "layer3",
-            "layer4",
-        ):
-            setattr(self, name, getattr(visual, name))
+        for name, child in visual.named_children():
+            if name != "attnpool":
+                self.add_module(name, child)
         if last_stride == 1:
             # CLIP's Bottleneck downsamples with average pools (after conv2 and before the
             # shortcut conv); removing them keeps every weight and halves nothing.
@@ -377,10 +213,7 @@ class ReIDResNet(nn.Module):
             self.output_dim = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
-        x = self.act3(self.bn3(self.conv3(x)))
-        x = self.avgpool(x)
+        x = ModifiedResNet.stem(self, x)
         x = self.layer2(self.layer1(x))
         layer3 = self.layer3(x)
         return layer3, self.layer4(layer3)

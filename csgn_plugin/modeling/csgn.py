@@ -20,28 +20,43 @@ The forward contract the engine codes against:
   and the joint-space feature ``image_feature`` that HSF compares with the prompt features;
 * eval mode: ``model(imgs, camids=None)`` -> ``Tensor(B, feature_dim)`` (flip-averaged if
   enabled), torchreid's contract, so ``FeatureExtractor`` and torchreid's engines work unchanged.
+
+A model knows its architecture: :meth:`CSGN.architecture` is every :class:`CSGNConfig` value
+except the weight sources, with the activation resolved (what ``'auto'`` picked for the weights
+the model was built from), so ``CSGN(config_from_architecture(arch), num_classes)`` rebuilds it
+without a config file and without downloading anything. The architecture also travels inside
+the state dict (torch's extra state, see :mod:`~csgn_plugin.modeling.architecture`): loading a
+state dict into a model built differently raises a ``ValueError`` naming what differs, whoever
+loads it (torchreid's ``load_pretrained_weights`` included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from .clip_towers import ReIDResNet, ReIDViT, clip_text_parts, load_clip
+from .architecture import architecture_differences, decode_architecture, encode_architecture
+from .clip_towers import ReIDResNet, ReIDViT, clip_text_parts
+from .clip_weights import load_clip, transformer_activation
 from .grayscale import to_grayscale
 from .mdg import PromptLearner, TextEncoder
 from .vss import VSS
 
 __all__ = [
+    "ARCHITECTURE_FIELDS",
+    "CONFIG_KEYS",
     "CSGN",
     "CSGNConfig",
     "MODEL_FACTORIES",
     "MODEL_PRESETS",
+    "QUICK_GELU_TO_ACTIVATION",
+    "architecture_of",
     "build_model_from_config",
+    "config_from_architecture",
     "config_from_cfg",
     "preset_config",
 ]
@@ -58,7 +73,9 @@ class CSGNConfig:
     resnet_arch: str = "RN50"  # open_clip architecture of the ResNet tower; '' = none
     vit_weights: str = ""  # '' random, an open_clip tag ('openai'), or a file
     resnet_weights: str = ""
-    quick_gelu: str = "auto"  # 'auto' (by weight format), 'on', 'off'
+    # transformer activation: 'quick_gelu', 'gelu', or 'auto' (decided by the weights; see
+    # clip_weights.load_clip). A built model reports the resolved value in architecture().
+    activation: str = "auto"
     image_size: tuple[int, int] = (256, 128)
     pixel_mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation of the batches the model gets
     pixel_std: tuple[float, ...] = IMAGENET_STD
@@ -85,6 +102,36 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "clipreid_rn50": {"vit_arch": "", "modalities": ("rgb",)},
 }
 MODALITIES = ("rgb", "gray")
+WEIGHT_FIELDS = ("vit_weights", "resnet_weights")
+# What a trained model records about itself: everything but where its initial weights came from.
+ARCHITECTURE_FIELDS = tuple(f.name for f in fields(CSGNConfig) if f.name not in WEIGHT_FIELDS)
+# The project config key behind each field, for messages that tell the user what to set.
+CONFIG_KEYS: dict[str, str] = {
+    "vit_arch": "clip.vit_arch",
+    "resnet_arch": "clip.resnet_arch / csgn.use_resnet",
+    "vit_weights": "clip.vit_weights",
+    "resnet_weights": "clip.resnet_weights",
+    "activation": "clip.quick_gelu on|off",
+    "image_size": "data.height / data.width",
+    "pixel_mean": "data.norm_mean",
+    "pixel_std": "data.norm_std",
+    "vit_stride": "clip.vit_stride",
+    "resnet_last_stride": "clip.resnet_last_stride",
+    "pos_interp": "clip.pos_interp",
+    "num_cameras": "clip.sie_camera",
+    "sie_scale": "clip.sie_scale",
+    "modalities": "csgn.modalities",
+    "prompt_template": "csgn.prompt_template",
+    "prompt_n_ctx": "csgn.prompt_n_ctx",
+    "prompt_init_std": "csgn.prompt_init_std",
+    "fusion": "csgn.fusion",
+    "fusion_heads": "csgn.fusion_heads",
+    "test_neck": "csgn.test_neck",
+    "test_parts": "csgn.test_parts",
+    "test_flip": "csgn.test_flip",
+}
+# clip.quick_gelu (user-facing) -> CSGNConfig.activation
+QUICK_GELU_TO_ACTIVATION = {"auto": "auto", "on": "quick_gelu", "off": "gelu"}
 
 
 class CSGN(nn.Module):
@@ -127,8 +174,12 @@ class CSGN(nn.Module):
         size = tuple(config.image_size)
         vit_clip = resnet_clip = None
         vit = resnet = None
+        activation = config.activation
         if config.vit_arch:
-            vit_clip = load_clip(config.vit_arch, config.vit_weights, config.quick_gelu)
+            vit_clip = load_clip(config.vit_arch, config.vit_weights, activation)
+            # The ResNet CLIP below contributes only its ModifiedResNet (no transformer) when a
+            # ViT is present: give it the ViT's resolved activation rather than guess again.
+            activation = transformer_activation(vit_clip.transformer)
             vit = ReIDViT(
                 vit_clip.visual,
                 size,
@@ -138,7 +189,7 @@ class CSGN(nn.Module):
                 config.sie_scale,
             )
         if config.resnet_arch:
-            resnet_clip = load_clip(config.resnet_arch, config.resnet_weights, config.quick_gelu)
+            resnet_clip = load_clip(config.resnet_arch, config.resnet_weights, activation)
             # The attention pool maps into the RN50 CLIP's own space; with a ViT the joint
             # space is the ViT CLIP's, so the pool would only be dead weight.
             resnet = ReIDResNet(
@@ -183,8 +234,32 @@ class CSGN(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std), persistent=False)
         self.num_classes = num_classes
+        # what 'auto' resolved to: the activation of the transformers the model keeps
+        self.activation = transformer_activation(self.text_encoder.transformer)
         self.stage = 0
         self.set_stage(2)
+
+    def architecture(self) -> dict[str, Any]:
+        """Every value needed to rebuild this model (num_classes aside), as JSON values."""
+        return architecture_of(self.config, self.activation)
+
+    def get_extra_state(self) -> torch.Tensor:
+        # the architecture, as a fixed-size tensor that every "same shape" loader keeps
+        return encode_architecture(self.architecture())
+
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse weights trained with another architecture (num_classes may differ)."""
+        differences = architecture_differences(
+            decode_architecture(state), self.architecture(), CONFIG_KEYS
+        )
+        if differences:
+            raise ValueError(
+                "these weights were trained with another architecture than this model was built "
+                f"with (checkpoint -> model): {'; '.join(differences)}. Build the model from the "
+                "checkpoint instead: csgn_plugin.load_extractor(path), or "
+                "csgn_plugin.modeling.build_model_from_spec(ModelSpec.from_dict("
+                "checkpoint['model_spec']))"
+            )
 
     @property
     def num_ids(self) -> int:
@@ -274,6 +349,20 @@ class CSGN(nn.Module):
         self.stage = stage
 
 
+def architecture_of(config: CSGNConfig, activation: str) -> dict[str, Any]:
+    """The architecture dict (JSON values) of ``config`` built with the resolved ``activation``:
+    every field but the weight sources; :func:`config_from_architecture` inverts it."""
+    if activation not in ("quick_gelu", "gelu"):
+        raise ValueError(
+            f"activation must be resolved ('quick_gelu' or 'gelu'), got {activation!r}"
+        )
+    values = asdict(replace(config, activation=activation))
+    return {
+        key: list(values[key]) if isinstance(values[key], tuple) else values[key]
+        for key in ARCHITECTURE_FIELDS
+    }
+
+
 def preset_config(name: str, **overrides: Any) -> CSGNConfig:
     """The :class:`CSGNConfig` of a registered name, with ``overrides`` applied."""
     if name not in MODEL_PRESETS:
@@ -325,6 +414,55 @@ def _as_tuple(value: Any, key: str, length: Optional[int] = None) -> tuple:
     return tuple(value)
 
 
+def _activation_from_cfg(quick_gelu: Any) -> str:
+    if quick_gelu not in QUICK_GELU_TO_ACTIVATION:
+        raise ValueError(
+            f"clip.quick_gelu must be one of {sorted(QUICK_GELU_TO_ACTIVATION)}, got {quick_gelu!r}"
+        )
+    return QUICK_GELU_TO_ACTIVATION[quick_gelu]
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    """``value`` (from JSON) is of the kind of ``like``: ints pass for floats, bools only for
+    bools, lists for tuples (element by element)."""
+    if isinstance(like, tuple):
+        return isinstance(value, (list, tuple)) and all(_same_kind(v, like[0]) for v in value)
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(like, bool) and isinstance(value, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(like))
+
+
+def config_from_architecture(
+    architecture: dict[str, Any], where: str = "architecture"
+) -> CSGNConfig:
+    """The :class:`CSGNConfig` (no weight sources) of an :meth:`CSGN.architecture` dict.
+
+    Every field must be present with a value of its type and the activation resolved
+    (``'quick_gelu'`` or ``'gelu'``); errors name ``where`` and the key.
+    """
+    if not isinstance(architecture, dict):
+        raise ValueError(f"{where} must be a dict, got {type(architecture).__name__}")
+    missing = [k for k in ARCHITECTURE_FIELDS if k not in architecture]
+    unknown = sorted(set(architecture) - set(ARCHITECTURE_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+    defaults = CSGNConfig()
+    values: dict[str, Any] = {}
+    for key in ARCHITECTURE_FIELDS:
+        value, like = architecture[key], getattr(defaults, key)
+        if not _same_kind(value, like):
+            raise ValueError(f"{where}.{key}: expected a value like {like!r}, got {value!r}")
+        values[key] = tuple(value) if isinstance(like, tuple) else type(like)(value)
+    if values["activation"] not in ("quick_gelu", "gelu"):
+        raise ValueError(
+            f"{where}.activation must be resolved ('quick_gelu' or 'gelu'), got "
+            f"{values['activation']!r}"
+        )
+    return CSGNConfig(**values)
+
+
 def config_from_cfg(cfg: Any, num_cameras: int = 0) -> CSGNConfig:
     """Map the project config (``model``, ``data``, ``clip``, ``csgn``; duck-typed) to a
     :class:`CSGNConfig` for ``cfg.model.name``."""
@@ -338,7 +476,7 @@ def config_from_cfg(cfg: Any, num_cameras: int = 0) -> CSGNConfig:
         "resnet_arch": clip.resnet_arch if csgn.use_resnet else "",
         "vit_weights": clip.vit_weights if cfg.model.pretrained else "",
         "resnet_weights": clip.resnet_weights if cfg.model.pretrained else "",
-        "quick_gelu": clip.quick_gelu,
+        "activation": _activation_from_cfg(clip.quick_gelu),
         "image_size": (int(cfg.data.height), int(cfg.data.width)),
         "pixel_mean": _as_tuple(cfg.data.norm_mean, "data.norm_mean", 3),
         "pixel_std": _as_tuple(cfg.data.norm_std, "data.norm_std", 3),

@@ -1,0 +1,40 @@
+"""Small CLIP architectures for tests, CPU demos and CLIPs pretrained here.
+
+Each entry is an open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) under a
+name that :func:`~csgn_plugin.modeling.clip_weights.load_clip` accepts like open_clip's own
+architecture names (open_clip's ``create_model`` does not know them). A new small architecture
+is one more entry here; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TINY_ARCHS"]
+
+# 16 tokens hold the template with its 4 learned tokens; CLIP's 77 would cost 5x on a CPU
+_TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+
+# Small enough that a CPU forward+backward of a 16-image 128x64 batch takes well under a second.
+TINY_ARCHS: dict[str, dict] = {
+    "csgn-tiny-vit": {
+        "embed_dim": 64,
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 16,
+            "head_width": 32,
+        },
+        "text_cfg": dict(_TINY_TEXT),
+    },
+    "csgn-tiny-rn": {
+        "embed_dim": 64,
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": [1, 1, 1, 1],
+            "width": 8,
+            "patch_size": None,
+            "head_width": 64,
+        },
+        "text_cfg": dict(_TINY_TEXT),
+    },
+}
