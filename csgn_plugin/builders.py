@@ -23,6 +23,7 @@ from .engine.stages import PromptStage, PromptStageOptions, Stage, stages_for
 from .evaluation.evaluator import EvaluationOptions, Evaluator
 from .losses.objective import CLIPReIDObjective, Objective, TorchreidObjective, recipe_of
 from .modeling import build_model_from_config
+from .modeling.spec import ModelSpec, input_from_cfg, model_spec_for
 from .runtime import Runtime
 
 
@@ -83,6 +84,35 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
     if hasattr(model, "set_stage"):
         model.set_stage(2)  # the optimizer below holds the stage-2 parameters
     return model
+
+
+def model_spec(cfg: CfgNode, model: nn.Module, num_classes: int) -> dict:
+    """What a checkpoint records to rebuild ``model`` without this config."""
+    net = unwrap_model(model)
+    spec = model_spec_for(cfg.model.name, net, input_from_cfg(cfg), cfg.loss.name, num_classes)
+    return spec.to_dict()
+
+
+def config_for_spec(cfg: CfgNode, spec: ModelSpec) -> tuple[CfgNode, list[str]]:
+    """``cfg`` with the model name and the input (size, normalisation) a checkpoint's spec
+    records, for evaluating that checkpoint; returns the new config and what changed."""
+    values = {
+        "model.name": spec.name,
+        "data.height": spec.input["height"],
+        "data.width": spec.input["width"],
+        "data.norm_mean": list(spec.input["norm_mean"]),
+        "data.norm_std": list(spec.input["norm_std"]),
+    }
+    new = cfg.clone()
+    new.defrost()
+    changed = []
+    for key, value in values.items():
+        section, leaf = key.split(".")
+        if new[section][leaf] != value:
+            changed.append(f"{key}: {new[section][leaf]!r} -> {value!r}")
+            new[section][leaf] = value
+    new.freeze()
+    return new, changed
 
 
 def _lr_factor(cfg: CfgNode, model: nn.Module, name: str) -> float:
@@ -274,8 +304,10 @@ def build_engine(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     runtime: Runtime,
-    model_spec: Optional[dict] = None,
+    spec: Optional[dict] = None,
 ) -> CCEngine:
+    """The engine and what it receives; ``spec`` (:func:`model_spec`) goes into every
+    checkpoint."""
     objective = build_objective(cfg, model)
     return CCEngine(
         datamanager,
@@ -287,7 +319,7 @@ def build_engine(
         evaluator=Evaluator(runtime, datamanager, evaluation_options(cfg)),
         options=loop_options(cfg),
         stages=build_stages(cfg, model, objective),
-        model_spec=model_spec,
+        model_spec=spec,
         config_dump=cfg.dump(),
     )
 

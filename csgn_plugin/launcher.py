@@ -8,7 +8,9 @@ exception that stops the run is also written into the log file.
 
 Training writes into ``data.save_dir``. Evaluation only (``tools/test.py``) writes into a folder
 of its own, ``data.save_dir/eval/<time>/`` (log, ``results.json``, ranked images), and never
-touches the training checkpoints there.
+touches the training checkpoints there. It evaluates the model the checkpoint records
+(``model_spec``; CLIP-ReID's released files are recognised): that model's architecture and input
+size and normalisation, whatever the config says about them.
 
 Under ``torchrun`` (WORLD_SIZE > 1) every process joins one process group (NCCL on GPUs, gloo on
 CPUs) whose collectives give up after ``runtime.dist_timeout_s``: a rank that dies or hangs stops
@@ -31,6 +33,8 @@ from yacs.config import CfgNode
 from . import builders, checks
 from .compat import torchreid_api
 from .config import load_config
+from .inference import read_model_spec
+from .modeling.spec import ModelSpec, build_model_from_spec
 from .modeling.weights import load_weights_file
 from .progress import get_logger
 
@@ -99,6 +103,11 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if test_only:
         opts += ["test.evaluate", "True"]
     cfg = load_config(args.config_file, opts)
+    spec, adapted = None, []
+    if cfg.test.evaluate and cfg.model.load_weights:
+        spec = read_model_spec(cfg.model.load_weights)
+        if spec is not None:
+            cfg, adapted = builders.config_for_spec(cfg, spec)
     checks.check_config(cfg, _world_size())
     use_gpu = checks.resolve_device(cfg)
     checks.resolve_amp(cfg, use_gpu)
@@ -117,7 +126,12 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
-        return _run(cfg, use_gpu, rank, world_size, run_dir)
+        if adapted:
+            get_logger().info(
+                f"=> Evaluating the model '{cfg.model.load_weights}' records; config values "
+                f"replaced by the checkpoint's: {'; '.join(adapted)}"
+            )
+        return _run(cfg, use_gpu, rank, world_size, run_dir, spec)
     except Exception as exc:
         get_logger().error(f"=> Stopped by {type(exc).__name__}: {exc}")  # into the log file too
         raise
@@ -128,7 +142,14 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
             dist.destroy_process_group()
 
 
-def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int, run_dir: str) -> object:
+def _run(
+    cfg: CfgNode,
+    use_gpu: bool,
+    rank: int,
+    world_size: int,
+    run_dir: str,
+    spec: ModelSpec | None = None,
+) -> object:
     log = get_logger().info
     log(f"Show configuration\n{cfg}\n")
     log(f"Collecting env info ...\n** System info **\n{tr.utils.collect_env_info()}\n")
@@ -142,7 +163,10 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int, run_dir: str) 
     runtime = builders.build_runtime(cfg, use_gpu, rank, world_size)
     datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
     checks.check_data(cfg, datamanager)
-    model = builders.build_model(cfg, datamanager, use_gpu)
+    if spec is not None:
+        model = build_model_from_spec(spec)
+    else:
+        model = builders.build_model(cfg, datamanager, use_gpu)
     if cfg.model.load_weights:
         policy = "strict" if cfg.model.strict_load else "partial"
         report = load_weights_file(model, cfg.model.load_weights, policy)
@@ -162,7 +186,10 @@ def _run(cfg: CfgNode, use_gpu: bool, rank: int, world_size: int, run_dir: str) 
         )
     if cfg.runtime.compile:
         model = torch.compile(model)
-    engine = builders.build_engine(cfg, datamanager, model, optimizer, scheduler, runtime)
+    spec_dict = builders.model_spec(cfg, model, datamanager.num_train_pids)
+    engine = builders.build_engine(
+        cfg, datamanager, model, optimizer, scheduler, runtime, spec_dict
+    )
     resume = _resume_path(cfg.model.resume, cfg.data.save_dir)
     if resume and not cfg.test.evaluate:
         engine.resume(resume)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
+from run_helpers import opts
 from torch import nn
 
+from csgn_plugin.launcher import main
 from csgn_plugin.modeling import CSGN, preset_config
 from csgn_plugin.modeling.clip_weights import clip_arch_config
 from csgn_plugin.modeling.clipreid_format import (
@@ -29,7 +31,7 @@ from csgn_plugin.modeling.clipreid_format import (
     infer_vit_stride,
     is_clipreid_state_dict,
 )
-from csgn_plugin.modeling.spec import ModelSpec, build_model_from_spec
+from csgn_plugin.modeling.spec import ModelSpec, build_model_from_spec, input_spec, model_spec_for
 from csgn_plugin.modeling.weights import CheckpointMismatchError, load_weights_file
 
 # token grids at 256x128: ((256 - 16) // s + 1, (128 - 16) // s + 1)
@@ -344,6 +346,30 @@ def _native_and_converted(tmp_path, clips, tower, stride=16, cameras=0, ddp=Fals
     return native, converted, state, report
 
 
+def _evaluate_through_tools_test(tmp_path, name, native, released):
+    """tools/test.py on the CLIP-ReID file and on the same weights saved the plugin's way (the
+    natively loaded model and its spec): the same query features (CLIP-ReID's inference feature,
+    camera ids passed to SIE) and the same results, on the tiny SynthCC at 256x128."""
+    config = native.config
+    size = tuple(config.image_size)
+    input = input_spec(*size, list(config.pixel_mean), list(config.pixel_std), "bilinear")
+    native_path = tmp_path / "native.pth"
+    spec = model_spec_for(name, native, input).to_dict()
+    torch.save({"state_dict": native.state_dict(), "model_spec": spec}, native_path)
+    engines = []
+    for path in (released, native_path):
+        args = opts(tmp_path / "data", tmp_path / f"eval_{path.stem}", "osnet")
+        engines.append(main([*args, "model.load_weights", str(path)], test_only=True))
+    features = []
+    for engine in engines:
+        assert engine.runtime.image_size == (256, 128)  # the model's input, not the config's
+        loader = engine.datamanager.test_loader["synthcc"]["query"]
+        features.append(engine.evaluator.extract(engine.model, loader, "query")[0])
+    torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)
+    for mode, res in engines[1].last_results["synthcc"].items():
+        assert float(engines[0].last_results["synthcc"][mode].mAP) == float(res.mAP)
+
+
 def _assert_same_model(native, converted):
     a, b = native.state_dict(), converted.state_dict()
     assert list(a) == list(b)
@@ -363,6 +389,7 @@ def test_vit_b16_stride_16(tmp_path, openai_clips):
         assert feature.shape == (2, 768 + 512)
         torch.testing.assert_close(feature, native.eval()(imgs), rtol=0, atol=0)
     torch.testing.assert_close(feature, clipreid_vit_feature(state, imgs, 16))
+    _evaluate_through_tools_test(tmp_path, "clipreid_vitb16", native, tmp_path / "released.pth")
 
 
 @pytest.mark.slow
@@ -379,6 +406,7 @@ def test_vit_b16_stride_12_with_sie_saved_under_ddp(tmp_path, openai_clips):
         feature = converted.eval()(imgs, cams)
         torch.testing.assert_close(feature, native.eval()(imgs, cams), rtol=0, atol=0)
     torch.testing.assert_close(feature, clipreid_vit_feature(state, imgs, 12, cams, 1.0))
+    _evaluate_through_tools_test(tmp_path, "clipreid_vitb16", native, tmp_path / "released.pth")
 
 
 @pytest.mark.slow
@@ -393,6 +421,7 @@ def test_rn50_and_the_converter_tool(tmp_path, openai_clips):
         assert feature.shape == (2, 2048 + 1024)
         torch.testing.assert_close(feature, native.eval()(imgs), rtol=0, atol=0)
     torch.testing.assert_close(feature, clipreid_rn50_feature(state, imgs))
+    _evaluate_through_tools_test(tmp_path, "clipreid_rn50", native, tmp_path / "released.pth")
 
     # the converter tool writes the same model, with the spec that rebuilds it
     out = tmp_path / "plugin.pth"

@@ -123,7 +123,8 @@ def prompt_lr_factor(schedule: PromptSchedule, index: int) -> float:
     if index < s.warmup_epochs:
         lr = s.warmup_lr + index * (s.lr - s.warmup_lr) / s.warmup_epochs
     else:
-        lr = s.lr_min + 0.5 * (s.lr - s.lr_min) * (1.0 + math.cos(math.pi * index / s.max_epoch))
+        progress = index / max(1, s.max_epoch)  # max_epoch 0: no epoch runs at all
+        lr = s.lr_min + 0.5 * (s.lr - s.lr_min) * (1.0 + math.cos(math.pi * progress))
     return lr / s.lr
 
 

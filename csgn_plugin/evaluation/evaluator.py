@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ def takes_camids(model: nn.Module) -> bool:
     return "camids" in getattr(forward, "__code__", forward).co_varnames
 
 
-def call_model(model: nn.Module, imgs: torch.Tensor, camids: torch.Tensor) -> Any:
+def call_model(model: nn.Module, imgs: torch.Tensor, camids: Optional[torch.Tensor]) -> Any:
     """``model(imgs, camids)`` for models that take camera ids, ``model(imgs)`` otherwise."""
     inner = model
     while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):
@@ -87,7 +87,8 @@ class Evaluator:
     def extract(
         self, model: nn.Module, loader: DataLoader, what: str
     ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """Features and labels of a test split in dataset order (gathered over ranks).
+        """Features and labels of a test split in dataset order (gathered over ranks), the model
+        in eval mode (restored after).
 
         Video items are (B, S, C, H, W): frame features are pooled per item; a dataset tested on
         clips (batches carry ``video_index``) then averages its clips per tracklet. Items whose
@@ -109,7 +110,12 @@ class Evaluator:
                 outputs["video_index"] = data["video_index"]
             return outputs
 
-        labels = self.runtime.map_loader(loader, batch_outputs, what)
+        was_training = model.training
+        model.eval()
+        try:
+            labels = self.runtime.map_loader(loader, batch_outputs, what)
+        finally:
+            model.train(was_training)
         features = labels.pop("features")
         index = labels.pop("video_index", None)
         if index is not None:
@@ -155,16 +161,11 @@ class Evaluator:
         return asked
 
     def evaluate(self, model: nn.Module, visrank: bool = False, save_dir: str = "") -> Results:
-        """Every protocol of every target; the model is put in eval mode and restored."""
-        was_training = model.training
-        model.eval()
-        try:
-            return {
-                name: self.evaluate_target(model, name, visrank, save_dir)
-                for name in self.datamanager.test_loader
-            }
-        finally:
-            model.train(was_training)
+        """Every protocol of every target (features extracted in eval mode)."""
+        return {
+            name: self.evaluate_target(model, name, visrank, save_dir)
+            for name in self.datamanager.test_loader
+        }
 
     def evaluate_target(
         self, model: nn.Module, name: str, visrank: bool = False, save_dir: str = ""

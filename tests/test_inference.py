@@ -1,0 +1,73 @@
+"""A trained model travels intact: the checkpoint alone rebuilds it (csgn_plugin.load_extractor,
+tools/test.py), with the features and the results of the run that trained it."""
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+from run_helpers import ROOT, checkpoint, opts
+
+import csgn_plugin
+from csgn_plugin.launcher import main
+
+SHORT = ["train.max_epoch", "1", "stage1.max_epoch", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CSGN run of the main job's kind (its config, both stages, SynthCC)."""
+    tmp = tmp_path_factory.mktemp("travel")
+    engine = main(opts(tmp / "data", tmp / "run", "csgn", *SHORT))
+    return tmp, engine
+
+
+def test_the_extractor_gives_the_engines_own_evaluation_features(trained):
+    tmp, engine = trained
+    best = str(tmp / "run" / "checkpoints" / "best.pth")
+    spec = checkpoint(tmp / "run", "best")["model_spec"]
+    assert spec["name"] == "csgn" and spec["input"]["height"] == 64
+    assert spec["architecture"]["vit_arch"] == "csgn-tiny-vit"
+    extractor = csgn_plugin.load_extractor(best, "cpu")
+    loader = engine.datamanager.test_loader["synthcc"]["query"]
+    expected, labels = engine.evaluator.extract(engine.model, loader, "query")
+    paths = [item[0] for item in engine.datamanager.test_dataset["synthcc"]["query"]]
+    features = extractor(paths)
+    assert features.shape == expected.shape  # 64 + 32 + 64: the tiny towers' parts
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    # and the same for a preprocessed batch and a single image
+    torch.testing.assert_close(extractor(paths[0]), expected[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_tools_test_evaluates_the_recorded_model_whatever_the_config_says(trained, capsys):
+    tmp, engine = trained
+    best = str(tmp / "run" / "checkpoints" / "best.pth")
+    capsys.readouterr()
+    # the real-size config of another data set, pointed at the tiny checkpoint and SynthCC
+    evaluated = main(
+        [
+            "--config-file", os.path.join(ROOT, "configs", "csgn_ltcc.yaml"),
+            "data.root", str(tmp / "data"), "data.save_dir", str(tmp / "eval"),
+            "data.sources", "['synthcc']", "data.targets", "['synthcc']",
+            "cc_data.synthcc_preset", "tiny", "data.workers", "0", "model.pretrained", "False",
+            "runtime.device", "cpu", "model.load_weights", best, "train.batch_size", "16",
+        ],
+        test_only=True,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "data.height: 256 -> 64" in out and "data.norm_mean" in out
+    assert evaluated.unwrapped_model.architecture() == engine.unwrapped_model.architecture()
+    (run,) = glob.glob(str(tmp / "eval" / "eval" / "*"))
+    with open(os.path.join(run, "results.json")) as f:
+        results = json.load(f)["results"]["synthcc"]
+    for mode, res in engine.last_results["synthcc"].items():
+        assert results[mode]["mAP"] == pytest.approx(float(res.mAP), abs=1e-6)
+        assert results[mode]["r1"] == pytest.approx(float(res.cmc[0]), abs=1e-6)
+
+
+def test_a_file_without_a_spec_is_refused_by_the_extractor(tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(ValueError, match="records no model_spec"):
+        csgn_plugin.load_extractor(str(path))
