@@ -8,7 +8,9 @@ The functions named ``*_options`` / ``*_schedule`` are the one set of mappers fr
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -16,14 +18,15 @@ from yacs.config import CfgNode
 
 from .checks import resolve_amp
 from .compat import model_factory, torchreid_api
+from .config import get_default_config
 from .data.datamanager import ClothesDataManager
 from .engine.engine import CCEngine, LoopOptions, unwrap_model
 from .engine.schedules import EpochSchedule, PromptSchedule, build_epoch_scheduler
 from .engine.stages import PromptStage, PromptStageOptions, Stage, stages_for
 from .evaluation.evaluator import EvaluationOptions, Evaluator
 from .losses.objective import CLIPReIDObjective, Objective, TorchreidObjective, recipe_of
-from .modeling import build_model_from_config
-from .modeling.spec import ModelSpec, input_from_cfg, model_spec_for
+from .modeling import CSGN, MODEL_PRESETS, CSGNConfig
+from .modeling.spec import ModelSpec, input_spec, model_spec_for
 from .runtime import Runtime
 
 
@@ -57,39 +60,152 @@ def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: in
     )
 
 
+# ---------------------------------------------------------------------- models
+# clip.quick_gelu (user-facing) -> CSGNConfig.activation
+QUICK_GELU_TO_ACTIVATION = {"auto": "auto", "on": "quick_gelu", "off": "gelu"}
+
+
+def _as_tuple(value: Any, key: str, length: Optional[int] = None) -> tuple:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"config key '{key}' must be a list, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"config key '{key}' must have {length} values, got {list(value)}")
+    return tuple(value)
+
+
+def csgn_config(cfg: CfgNode, num_cameras: int = 0) -> CSGNConfig:
+    """The :class:`CSGNConfig` of ``cfg.model.name`` (``model``, ``data``, ``clip``, ``csgn``):
+    the registered name's fixed fields win over the ``csgn.*`` ablation switches."""
+    clip, csgn = cfg.clip, cfg.csgn
+    if clip.sie_camera and num_cameras < 1:
+        raise ValueError("clip.sie_camera is on but the training set reports no cameras")
+    if clip.quick_gelu not in QUICK_GELU_TO_ACTIVATION:
+        raise ValueError(
+            f"clip.quick_gelu must be one of {sorted(QUICK_GELU_TO_ACTIVATION)}, got "
+            f"{clip.quick_gelu!r}"
+        )
+    options: dict[str, Any] = {
+        "vit_arch": clip.vit_arch,
+        "resnet_arch": clip.resnet_arch if csgn.use_resnet else "",
+        "vit_weights": clip.vit_weights if cfg.model.pretrained else "",
+        "resnet_weights": clip.resnet_weights if cfg.model.pretrained else "",
+        "activation": QUICK_GELU_TO_ACTIVATION[clip.quick_gelu],
+        "image_size": (int(cfg.data.height), int(cfg.data.width)),
+        "pixel_mean": _as_tuple(cfg.data.norm_mean, "data.norm_mean", 3),
+        "pixel_std": _as_tuple(cfg.data.norm_std, "data.norm_std", 3),
+        "vit_stride": int(clip.vit_stride),
+        "resnet_last_stride": int(clip.resnet_last_stride),
+        "pos_interp": clip.pos_interp,
+        "num_cameras": int(num_cameras) if clip.sie_camera else 0,
+        "sie_scale": float(clip.sie_scale),
+        "modalities": _as_tuple(csgn.modalities, "csgn.modalities"),
+        "prompt_template": csgn.prompt_template,
+        "prompt_n_ctx": int(csgn.prompt_n_ctx),
+        "prompt_init_std": float(csgn.prompt_init_std),
+        "fusion": csgn.fusion,
+        "fusion_heads": int(csgn.fusion_heads),
+        "test_neck": csgn.test_neck,
+        "test_parts": _as_tuple(csgn.test_parts, "csgn.test_parts"),
+        "test_flip": bool(csgn.test_flip),
+    }
+    options.update(MODEL_PRESETS[cfg.model.name])
+    return CSGNConfig(**options)
+
+
+def model_config(name: str, **overrides: Any) -> CSGNConfig:
+    """The :class:`CSGNConfig` of a registered name under the default config, with
+    ``overrides`` (CSGNConfig fields) applied: what ``torchreid.models.build_model`` builds."""
+    if name not in MODEL_PRESETS:
+        raise KeyError(f"unknown CSGN model '{name}'; known: {sorted(MODEL_PRESETS)}")
+    known = {f.name for f in fields(CSGNConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown model options {unknown}; known: {sorted(known)}")
+    cfg = get_default_config()
+    cfg.model.name = name
+    return replace(csgn_config(cfg), **overrides)
+
+
+def clip_model_factory(name: str) -> Callable[..., CSGN]:
+    """torchreid's factory function of a registered CLIP model name."""
+
+    def factory(
+        num_classes: int,
+        loss: str = "softmax",
+        pretrained: bool = True,
+        use_gpu: bool = True,
+        **overrides: Any,
+    ) -> CSGN:
+        # loss and use_gpu are torchreid's factory arguments: the output dict serves every
+        # loss, and the engine moves the model to its device.
+        config = model_config(name, **overrides)
+        if pretrained:
+            weights = {
+                "vit_weights": config.vit_weights or ("openai" if config.vit_arch else ""),
+                "resnet_weights": config.resnet_weights or ("openai" if config.resnet_arch else ""),
+            }
+            config = replace(config, **weights)
+        return CSGN(config, num_classes)
+
+    factory.__name__ = name
+    factory.__doc__ = (
+        f"torchreid factory of '{name}': the real-size model of the default config; "
+        "pretrained=True loads OpenAI's CLIP weights through open_clip (network), "
+        "pretrained=False builds random towers. Keyword overrides are CSGNConfig fields."
+    )
+    return factory
+
+
+CLIP_MODEL_FACTORIES = {name: clip_model_factory(name) for name in MODEL_PRESETS}
+
+
+def build_clip_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0) -> CSGN:
+    """The CLIP model ``cfg.model.name`` (csgn, clipreid_*) as the config describes it."""
+    return CSGN(csgn_config(cfg, num_cameras), num_classes)
+
+
 def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
     """The plugin's models from their config sections; torchreid's models by name."""
-    try:
-        model = build_model_from_config(
-            cfg, num_classes=datamanager.num_train_pids, num_cameras=datamanager.num_train_cams
+    if cfg.model.name in MODEL_PRESETS:
+        try:
+            model = build_clip_model(cfg, datamanager.num_train_pids, datamanager.num_train_cams)
+        except ValueError as exc:  # say which config built the model that refused it
+            raise ValueError(
+                f"model.name '{cfg.model.name}' with data.height x data.width = "
+                f"{cfg.data.height}x{cfg.data.width}: {exc}"
+            ) from exc
+        model.set_stage(2)  # the optimizer built next holds the stage-2 parameters
+        return model
+    factory = model_factory()
+    if cfg.model.name not in factory:
+        raise KeyError(
+            f"model.name: unknown model '{cfg.model.name}'; available: {sorted(factory)}"
         )
-    except ValueError as exc:  # say which config built the model that refused it
-        raise ValueError(
-            f"model.name '{cfg.model.name}' with data.height x data.width = "
-            f"{cfg.data.height}x{cfg.data.width}: {exc}"
-        ) from exc
-    if model is None:
-        factory = model_factory()
-        if cfg.model.name not in factory:
-            raise KeyError(
-                f"model.name: unknown model '{cfg.model.name}'; available: {sorted(factory)}"
-            )
-        model = torchreid_api().models.build_model(
-            name=cfg.model.name,
-            num_classes=datamanager.num_train_pids,
-            loss=cfg.loss.name,
-            pretrained=cfg.model.pretrained,
-            use_gpu=use_gpu,
-        )
-    if hasattr(model, "set_stage"):
-        model.set_stage(2)  # the optimizer below holds the stage-2 parameters
-    return model
+    return torchreid_api().models.build_model(
+        name=cfg.model.name,
+        num_classes=datamanager.num_train_pids,
+        loss=cfg.loss.name,
+        pretrained=cfg.model.pretrained,
+        use_gpu=use_gpu,
+    )
+
+
+def model_input(cfg: CfgNode) -> dict:
+    """The ``input`` of a model spec: ``data.height/width/norm_mean/norm_std`` and the test resize
+    interpolation (torchreid's ``build_transforms`` resizes bilinearly)."""
+    return input_spec(
+        int(cfg.data.height),
+        int(cfg.data.width),
+        [float(v) for v in cfg.data.norm_mean],
+        [float(v) for v in cfg.data.norm_std],
+        "bilinear",
+    )
 
 
 def model_spec(cfg: CfgNode, model: nn.Module, num_classes: int) -> dict:
     """What a checkpoint records to rebuild ``model`` without this config."""
     net = unwrap_model(model)
-    spec = model_spec_for(cfg.model.name, net, input_from_cfg(cfg), cfg.loss.name, num_classes)
+    spec = model_spec_for(cfg.model.name, net, model_input(cfg), cfg.loss.name, num_classes)
     return spec.to_dict()
 
 

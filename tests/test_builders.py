@@ -1,8 +1,8 @@
 import pytest
 
 from csgn_plugin import builders
+from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import load_config
-from csgn_plugin.modeling import build_model_from_config
 
 
 def tiny_csgn_cfg(*opts):

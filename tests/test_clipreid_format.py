@@ -21,8 +21,9 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from run_helpers import opts
 from torch import nn
 
+from csgn_plugin.builders import model_config as preset_config
 from csgn_plugin.launcher import main
-from csgn_plugin.modeling import CSGN, preset_config
+from csgn_plugin.modeling import CSGN
 from csgn_plugin.modeling.clip_weights import clip_arch_config
 from csgn_plugin.modeling.clipreid_format import (
     clipreid_facts,

@@ -5,17 +5,13 @@ import dataclasses
 import pytest
 import torch
 
+from csgn_plugin.builders import CLIP_MODEL_FACTORIES as MODEL_FACTORIES
+from csgn_plugin.builders import build_clip_model, csgn_config
+from csgn_plugin.builders import model_config as preset_config
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import get_default_config
 from csgn_plugin.losses import HSFLoss, MutualLoss, label_smoothed_cross_entropy
-from csgn_plugin.modeling import (
-    CSGN,
-    MODEL_FACTORIES,
-    CSGNConfig,
-    build_model_from_config,
-    config_from_cfg,
-    preset_config,
-)
+from csgn_plugin.modeling import CSGN, CSGNConfig
 from csgn_plugin.modeling.clip_weights import load_clip
 
 tr = torchreid_api()
@@ -201,35 +197,41 @@ def _cfg(name="csgn", **opts):
     return cfg
 
 
-def test_config_defaults_agree_with_the_model_defaults():
+def test_the_default_config_describes_the_real_size_csgn():
     cfg = get_default_config()
     cfg.model.name = "csgn"
-    built = config_from_cfg(cfg)
-    defaults = CSGNConfig()
-    for f in dataclasses.fields(CSGNConfig):
-        if f.name in ("vit_weights", "resnet_weights"):
-            continue  # weights follow model.pretrained (default False: random)
-        assert getattr(built, f.name) == getattr(defaults, f.name), f.name
-    assert built.vit_weights == built.resnet_weights == ""
+    built = csgn_config(cfg)
+    expected = {  # the paper's model, as projects/CSGN/README.md describes it
+        "vit_arch": "ViT-B-16", "resnet_arch": "RN50", "vit_weights": "", "resnet_weights": "",
+        "activation": "auto", "image_size": (256, 128), "vit_stride": 16,
+        "resnet_last_stride": 1, "num_cameras": 0, "modalities": ("rgb", "gray"),
+        "prompt_template": "A photo of a {} person.", "prompt_n_ctx": 4, "fusion": "concat",
+        "test_neck": "before", "test_parts": ("auto",), "test_flip": False,
+    }  # fmt: skip
+    assert {k: getattr(built, k) for k in expected} == expected
+    assert {f.name for f in dataclasses.fields(CSGNConfig)} >= set(expected)
     cfg.model.pretrained = True
-    assert config_from_cfg(cfg).vit_weights == "openai"
+    assert csgn_config(cfg).vit_weights == "openai"
+    with pytest.raises(TypeError):
+        CSGNConfig()  # no defaults of its own: the config holds them
 
 
 def test_build_model_from_config():
     cfg = _cfg(csgn__fusion="cross_attn", csgn__test_flip=True, clip__sie_camera=True)
-    model = build_model_from_config(cfg, num_classes=5, num_cameras=4)
+    model = build_clip_model(cfg, num_classes=5, num_cameras=4)
     assert model.config.fusion == "cross_attn" and model.vss.test_flip
     assert model.vss.vit.camera_embedding.shape == (4, 64)
     assert model.num_ids == 5 and model.vss.image_size == (128, 64)
-    baseline = build_model_from_config(_cfg("clipreid_vitb16"), num_classes=5, num_cameras=0)
+    baseline = build_clip_model(_cfg("clipreid_vitb16"), num_classes=5, num_cameras=0)
     assert baseline.modalities == ("rgb",) and baseline.vss.resnet is None
-    ablated = build_model_from_config(
+    ablated = build_clip_model(
         _cfg(csgn__use_resnet=False, csgn__modalities=["rgb"]), num_classes=5, num_cameras=0
     )
     assert _shapes(ablated) == _shapes(baseline)
-    assert build_model_from_config(_cfg("osnet_x0_25"), num_classes=5, num_cameras=0) is None
+    with pytest.raises(KeyError):
+        build_clip_model(_cfg("osnet_x0_25"), num_classes=5, num_cameras=0)
     with pytest.raises(ValueError, match="sie_camera"):
-        build_model_from_config(_cfg(clip__sie_camera=True), num_classes=5, num_cameras=0)
+        build_clip_model(_cfg(clip__sie_camera=True), num_classes=5, num_cameras=0)
 
 
 def test_config_loads_local_clip_weights(tmp_path):
@@ -237,6 +239,6 @@ def test_config_loads_local_clip_weights(tmp_path):
     path = tmp_path / "vit.pt"
     torch.save(source.state_dict(), path)
     cfg = _cfg("clipreid_vitb16", clip__vit_weights=str(path), model__pretrained=True)
-    model = build_model_from_config(cfg, num_classes=2, num_cameras=0)
+    model = build_clip_model(cfg, num_classes=2, num_cameras=0)
     torch.testing.assert_close(model.vss.vit.class_embedding, source.visual.class_embedding)
     torch.testing.assert_close(model.text_encoder.text_projection, source.text_projection)

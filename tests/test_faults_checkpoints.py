@@ -10,10 +10,11 @@ import pytest
 import torch
 from run_helpers import checkpoint, opts
 
+from csgn_plugin.builders import model_config as preset_config
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.fileio import atomic_save
 from csgn_plugin.launcher import main
-from csgn_plugin.modeling import CSGN, preset_config
+from csgn_plugin.modeling import CSGN
 from csgn_plugin.modeling.weights import CheckpointMismatchError, load_weights_file
 
 tr = torchreid_api()

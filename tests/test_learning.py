@@ -15,10 +15,10 @@ import pytest
 import torch
 from run_helpers import checkpoint, opts
 
+from csgn_plugin.builders import CLIP_MODEL_FACTORIES as MODEL_FACTORIES
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.launcher import main
 from csgn_plugin.losses import HardTripletLoss, HSFLoss, label_smoothed_cross_entropy
-from csgn_plugin.modeling import MODEL_FACTORIES
 
 STEPS = 10
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])

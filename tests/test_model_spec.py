@@ -6,13 +6,15 @@ import json
 import pytest
 import torch
 
+from csgn_plugin.builders import model_config as preset_config
+from csgn_plugin.builders import model_input as input_from_cfg
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import get_default_config
-from csgn_plugin.modeling import CSGN, ModelSpec, build_model_from_spec, preset_config
+from csgn_plugin.modeling import CSGN, ModelSpec, build_model_from_spec
 from csgn_plugin.modeling.architecture import ARCHITECTURE_STATE_BYTES, decode_architecture
 from csgn_plugin.modeling.clip_weights import clip_arch_config
 from csgn_plugin.modeling.csgn import config_from_architecture
-from csgn_plugin.modeling.spec import input_from_cfg, input_spec, model_spec_for
+from csgn_plugin.modeling.spec import input_spec, model_spec_for
 
 tr = torchreid_api()
 TINY = {"vit_arch": "csgn-tiny-vit", "resnet_arch": "csgn-tiny-rn", "image_size": (64, 32)}

@@ -6,9 +6,9 @@ import os
 import torch
 
 from csgn_plugin import builders
+from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import load_config
 from csgn_plugin.losses import MutualLoss
-from csgn_plugin.modeling import build_model_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from csgn_plugin.builders import model_config as preset_config
 from csgn_plugin.engine.checkpoint import atomic_save
-from csgn_plugin.modeling import CSGN, preset_config
+from csgn_plugin.modeling import CSGN
 from csgn_plugin.modeling.spec import input_spec, model_spec_for
 from csgn_plugin.modeling.weights import (
     CheckpointMismatchError,

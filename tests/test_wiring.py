@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from csgn_plugin import builders
+from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import load_config
 from csgn_plugin.engine.stages import StageContext
-from csgn_plugin.modeling import build_model_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IDS = 4

@@ -1,10 +1,10 @@
 """CLIP towers, the MDG prompt learner, the VSS backbone, the assembled CSGN models, and how a
 trained model is described, rebuilt and loaded.
 
-``MODEL_FACTORIES`` maps torchreid model names to factory functions (the registry installs them
-into torchreid's model factory); :func:`build_model_from_config` builds one of them from the
-project config and returns ``None`` for names that are not ours. :class:`ModelSpec` is what a
-checkpoint records to rebuild its model (:func:`build_model_from_spec`);
+``MODEL_PRESETS`` names the registered models (``csgn``, ``clipreid_vitb16``,
+``clipreid_rn50``: one class, :class:`CSGN`, configured by a :class:`CSGNConfig`, which
+``builders`` fills from the project config). :class:`ModelSpec` is what a checkpoint records to
+rebuild its model (:func:`build_model_from_spec`);
 :func:`load_weights_file` / :func:`load_model_weights` load weights under a strict or partial
 policy (CLIP-ReID's released checkpoints included).
 """
@@ -13,19 +13,10 @@ from __future__ import annotations
 
 from .clip_towers import ReIDResNet, ReIDViT
 from .clip_weights import load_clip, read_clip_checkpoint
-from .csgn import (
-    CSGN,
-    MODEL_FACTORIES,
-    MODEL_PRESETS,
-    CSGNConfig,
-    build_model_from_config,
-    config_from_architecture,
-    config_from_cfg,
-    preset_config,
-)
+from .csgn import CSGN, MODEL_PRESETS, CSGNConfig, config_from_architecture
 from .grayscale import to_grayscale
 from .mdg import PromptLearner, TextEncoder
-from .spec import ModelSpec, build_model_from_spec, input_from_cfg, model_spec_for
+from .spec import ModelSpec, build_model_from_spec, model_spec_for
 from .tiny_archs import TINY_ARCHS
 from .vss import FUSION_MODES, VSS
 from .weights import CheckpointMismatchError, LoadReport, load_model_weights, load_weights_file
@@ -33,7 +24,6 @@ from .weights import CheckpointMismatchError, LoadReport, load_model_weights, lo
 __all__ = [
     "CSGN",
     "FUSION_MODES",
-    "MODEL_FACTORIES",
     "MODEL_PRESETS",
     "TINY_ARCHS",
     "VSS",
@@ -45,16 +35,12 @@ __all__ = [
     "ReIDResNet",
     "ReIDViT",
     "TextEncoder",
-    "build_model_from_config",
     "build_model_from_spec",
     "config_from_architecture",
-    "config_from_cfg",
-    "input_from_cfg",
     "load_clip",
     "load_model_weights",
     "load_weights_file",
     "model_spec_for",
-    "preset_config",
     "read_clip_checkpoint",
     "to_grayscale",
 ]

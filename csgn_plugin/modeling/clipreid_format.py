@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 
 from .clip_towers import resnet_grid, vit_grid
-from .csgn import CONFIG_KEYS, architecture_of, preset_config
+from .csgn import CONFIG_KEYS, CSGNConfig, architecture_of
 from .spec import ModelSpec
 
 __all__ = [
@@ -84,6 +84,25 @@ _PATCH = 16  # ViT-B/16
 _VIT_WIDTH, _VIT_LAYERS = 768, 12
 _RN50_LAYERS = (3, 4, 6, 3)
 _SIE_SCALE_DEFAULT, _SIE_SCALE_OVERLAP = 3.0, 1.0
+# What CLIP-ReID's model code fixes for every released file (model/make_model_clipreid.py): its
+# prompt ("A photo of a X X X X person.", 4 vectors initialised N(0, 0.02)), bilinear position
+# grids, RN50 layer 4 at stride 1, the features before the BN necks at test time, no flip. The
+# fusion fields of a one-tower model are never used.
+_CLIPREID_FIXED: dict[str, Any] = {
+    "vit_weights": "",
+    "resnet_weights": "",
+    "vit_stride": _PATCH,
+    "resnet_last_stride": 1,
+    "pos_interp": "bilinear",
+    "prompt_template": "A photo of a {} person.",
+    "prompt_n_ctx": 4,
+    "prompt_init_std": 0.02,
+    "fusion": "concat",
+    "fusion_heads": 8,
+    "test_neck": "before",
+    "test_parts": ("auto",),
+    "test_flip": False,
+}
 
 
 def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,17 +273,13 @@ def clipreid_model_spec(
     if sie_scale is None:
         overlapping = facts.get("vit_stride", _PATCH) < _PATCH and facts["num_cameras"] > 0
         sie_scale = _SIE_SCALE_OVERLAP if overlapping else _SIE_SCALE_DEFAULT
-    fields = {k: v for k, v in facts.items() if k not in ("name", "num_classes", "activation")}
+    fields = {k: v for k, v in facts.items() if k not in ("name", "num_classes")}
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    config = preset_config(
-        facts["name"],
-        **fields,
+    config = CSGNConfig(
+        **{**_CLIPREID_FIXED, **fields},
         pixel_mean=tuple(input["norm_mean"]),
         pixel_std=tuple(input["norm_std"]),
         sie_scale=float(sie_scale),
-        test_neck="before",
-        test_parts=("auto",),
-        test_flip=False,
     )
     return ModelSpec(
         facts["name"], facts["num_classes"], architecture_of(config, facts["activation"]), input

@@ -32,9 +32,8 @@ loads it (torchreid's ``load_pretrained_weights`` included).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -51,51 +50,45 @@ __all__ = [
     "CONFIG_KEYS",
     "CSGN",
     "CSGNConfig",
-    "MODEL_FACTORIES",
     "MODEL_PRESETS",
-    "QUICK_GELU_TO_ACTIVATION",
     "architecture_of",
-    "build_model_from_config",
     "config_from_architecture",
-    "config_from_cfg",
-    "preset_config",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class CSGNConfig:
-    """Everything a model build needs; mirrors the ``clip`` and ``csgn`` config sections."""
+    """Everything a model build needs. No field has a default: ``builders.csgn_config`` fills it
+    from the project config (where every default lives), ``config_from_architecture`` from a
+    checkpoint, ``clipreid_format`` with CLIP-ReID's own values."""
 
-    vit_arch: str = "ViT-B-16"  # open_clip architecture of the ViT tower; '' = none
-    resnet_arch: str = "RN50"  # open_clip architecture of the ResNet tower; '' = none
-    vit_weights: str = ""  # '' random, an open_clip tag ('openai'), or a file
-    resnet_weights: str = ""
+    vit_arch: str  # open_clip architecture of the ViT tower; '' = none
+    resnet_arch: str  # open_clip architecture of the ResNet tower; '' = none
+    vit_weights: str  # '' random, an open_clip tag ('openai'), or a file
+    resnet_weights: str
     # transformer activation: 'quick_gelu', 'gelu', or 'auto' (decided by the weights; see
     # clip_weights.load_clip). A built model reports the resolved value in architecture().
-    activation: str = "auto"
-    image_size: tuple[int, int] = (256, 128)
-    pixel_mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation of the batches the model gets
-    pixel_std: tuple[float, ...] = IMAGENET_STD
-    vit_stride: int = 16
-    resnet_last_stride: int = 1
-    pos_interp: str = "bilinear"
-    num_cameras: int = 0  # > 0: camera embedding (SIE) on the ViT
-    sie_scale: float = 3.0
-    modalities: tuple[str, ...] = ("rgb", "gray")
-    prompt_template: str = "A photo of a {} person."
-    prompt_n_ctx: int = 4
-    prompt_init_std: float = 0.02
-    fusion: str = "concat"
-    fusion_heads: int = 8
-    test_neck: str = "before"
-    test_parts: tuple[str, ...] = ("auto",)
-    test_flip: bool = False
+    activation: str
+    image_size: tuple[int, int]
+    pixel_mean: tuple[float, ...]  # normalisation of the batches the model gets
+    pixel_std: tuple[float, ...]
+    vit_stride: int
+    resnet_last_stride: int
+    pos_interp: str
+    num_cameras: int  # > 0: camera embedding (SIE) on the ViT
+    sie_scale: float
+    modalities: tuple[str, ...]
+    prompt_template: str
+    prompt_n_ctx: int
+    prompt_init_std: float
+    fusion: str  # how the two towers are fused (unused with one tower)
+    fusion_heads: int
+    test_neck: str
+    test_parts: tuple[str, ...]
+    test_flip: bool
 
 
-# What each registered name means on top of CSGNConfig's defaults.
+# What each registered name fixes, whatever the config says.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "csgn": {},
     "clipreid_vitb16": {"resnet_arch": "", "modalities": ("rgb",)},
@@ -130,8 +123,6 @@ CONFIG_KEYS: dict[str, str] = {
     "test_parts": "csgn.test_parts",
     "test_flip": "csgn.test_flip",
 }
-# clip.quick_gelu (user-facing) -> CSGNConfig.activation
-QUICK_GELU_TO_ACTIVATION = {"auto": "auto", "on": "quick_gelu", "off": "gelu"}
 
 
 class CSGN(nn.Module):
@@ -363,75 +354,32 @@ def architecture_of(config: CSGNConfig, activation: str) -> dict[str, Any]:
     }
 
 
-def preset_config(name: str, **overrides: Any) -> CSGNConfig:
-    """The :class:`CSGNConfig` of a registered name, with ``overrides`` applied."""
-    if name not in MODEL_PRESETS:
-        raise KeyError(f"unknown CSGN model '{name}'; known: {sorted(MODEL_PRESETS)}")
-    known = {f.name for f in fields(CSGNConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown model options {unknown}; known: {sorted(known)}")
-    return replace(CSGNConfig(), **{**MODEL_PRESETS[name], **overrides})
+def _field_kinds() -> dict[str, Any]:
+    """Each field's kind from its annotation: a type, or ``(tuple, element type)``."""
+    simple = {"str": str, "int": int, "float": float, "bool": bool}
+    kinds: dict[str, Any] = {}
+    for f in fields(CSGNConfig):
+        annotation = str(f.type)
+        if annotation.startswith("tuple["):
+            kinds[f.name] = (tuple, simple[annotation[6:-1].split(",")[0].strip()])
+        else:
+            kinds[f.name] = simple[annotation]
+    return kinds
 
 
-def _make_factory(name: str) -> Callable[..., CSGN]:
-    def factory(
-        num_classes: int,
-        loss: str = "softmax",
-        pretrained: bool = True,
-        use_gpu: bool = True,
-        **overrides: Any,
-    ) -> CSGN:
-        # loss and use_gpu are torchreid's factory arguments: the output dict serves every
-        # loss, and the engine moves the model to its device.
-        config = preset_config(name, **overrides)
-        if pretrained:
-            weights = {
-                "vit_weights": "openai" if config.vit_arch else "",
-                "resnet_weights": "openai" if config.resnet_arch else "",
-            }
-            weights = {k: getattr(config, k) or v for k, v in weights.items()}
-            config = replace(config, **weights)
-        return CSGN(config, num_classes)
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"torchreid factory of '{name}': the real-size model; pretrained=True loads OpenAI's "
-        "CLIP weights through open_clip (network), pretrained=False builds random towers. "
-        "Keyword overrides are CSGNConfig fields."
-    )
-    return factory
+_KINDS = _field_kinds()
 
 
-MODEL_FACTORIES: dict[str, Callable[..., CSGN]] = {n: _make_factory(n) for n in MODEL_PRESETS}
-
-
-def _as_tuple(value: Any, key: str, length: Optional[int] = None) -> tuple:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(f"config key '{key}' must be a list, got {value!r}")
-    if length is not None and len(value) != length:
-        raise ValueError(f"config key '{key}' must have {length} values, got {list(value)}")
-    return tuple(value)
-
-
-def _activation_from_cfg(quick_gelu: Any) -> str:
-    if quick_gelu not in QUICK_GELU_TO_ACTIVATION:
-        raise ValueError(
-            f"clip.quick_gelu must be one of {sorted(QUICK_GELU_TO_ACTIVATION)}, got {quick_gelu!r}"
-        )
-    return QUICK_GELU_TO_ACTIVATION[quick_gelu]
-
-
-def _same_kind(value: Any, like: Any) -> bool:
-    """``value`` (from JSON) is of the kind of ``like``: ints pass for floats, bools only for
-    bools, lists for tuples (element by element)."""
-    if isinstance(like, tuple):
-        return isinstance(value, (list, tuple)) and all(_same_kind(v, like[0]) for v in value)
-    if isinstance(like, bool) or isinstance(value, bool):
-        return isinstance(like, bool) and isinstance(value, bool)
-    if isinstance(like, float):
+def _same_kind(value: Any, kind: Any) -> bool:
+    """``value`` (from JSON) is of ``kind``: ints pass for floats, bools only for bools, lists for
+    tuples (element by element)."""
+    if isinstance(kind, tuple):
+        return isinstance(value, (list, tuple)) and all(_same_kind(v, kind[1]) for v in value)
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
         return isinstance(value, (int, float))
-    return isinstance(value, type(like))
+    return isinstance(value, kind)
 
 
 def config_from_architecture(
@@ -448,62 +396,16 @@ def config_from_architecture(
     unknown = sorted(set(architecture) - set(ARCHITECTURE_FIELDS))
     if missing or unknown:
         raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
-    defaults = CSGNConfig()
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"vit_weights": "", "resnet_weights": ""}
     for key in ARCHITECTURE_FIELDS:
-        value, like = architecture[key], getattr(defaults, key)
-        if not _same_kind(value, like):
-            raise ValueError(f"{where}.{key}: expected a value like {like!r}, got {value!r}")
-        values[key] = tuple(value) if isinstance(like, tuple) else type(like)(value)
+        value, kind = architecture[key], _KINDS[key]
+        if not _same_kind(value, kind):
+            name = f"a tuple of {kind[1].__name__}" if isinstance(kind, tuple) else kind.__name__
+            raise ValueError(f"{where}.{key}: expected {name}, got {value!r}")
+        values[key] = tuple(value) if isinstance(kind, tuple) else kind(value)
     if values["activation"] not in ("quick_gelu", "gelu"):
         raise ValueError(
             f"{where}.activation must be resolved ('quick_gelu' or 'gelu'), got "
             f"{values['activation']!r}"
         )
     return CSGNConfig(**values)
-
-
-def config_from_cfg(cfg: Any, num_cameras: int = 0) -> CSGNConfig:
-    """Map the project config (``model``, ``data``, ``clip``, ``csgn``; duck-typed) to a
-    :class:`CSGNConfig` for ``cfg.model.name``."""
-    name = cfg.model.name
-    clip, csgn = cfg.clip, cfg.csgn
-    preset = MODEL_PRESETS[name]
-    if clip.sie_camera and num_cameras < 1:
-        raise ValueError("clip.sie_camera is on but the training set reports no cameras")
-    options: dict[str, Any] = {
-        "vit_arch": clip.vit_arch,
-        "resnet_arch": clip.resnet_arch if csgn.use_resnet else "",
-        "vit_weights": clip.vit_weights if cfg.model.pretrained else "",
-        "resnet_weights": clip.resnet_weights if cfg.model.pretrained else "",
-        "activation": _activation_from_cfg(clip.quick_gelu),
-        "image_size": (int(cfg.data.height), int(cfg.data.width)),
-        "pixel_mean": _as_tuple(cfg.data.norm_mean, "data.norm_mean", 3),
-        "pixel_std": _as_tuple(cfg.data.norm_std, "data.norm_std", 3),
-        "vit_stride": int(clip.vit_stride),
-        "resnet_last_stride": int(clip.resnet_last_stride),
-        "pos_interp": clip.pos_interp,
-        "num_cameras": int(num_cameras) if clip.sie_camera else 0,
-        "sie_scale": float(clip.sie_scale),
-        "modalities": _as_tuple(csgn.modalities, "csgn.modalities"),
-        "prompt_template": csgn.prompt_template,
-        "prompt_n_ctx": int(csgn.prompt_n_ctx),
-        "prompt_init_std": float(csgn.prompt_init_std),
-        "fusion": csgn.fusion,
-        "fusion_heads": int(csgn.fusion_heads),
-        "test_neck": csgn.test_neck,
-        "test_parts": _as_tuple(csgn.test_parts, "csgn.test_parts"),
-        "test_flip": bool(csgn.test_flip),
-    }
-    # The baseline names fix their towers and prompt sets; the csgn.* ablation switches
-    # (use_resnet, modalities) apply to 'csgn' only.
-    options.update(preset)
-    return CSGNConfig(**options)
-
-
-def build_model_from_config(cfg: Any, num_classes: int, num_cameras: int) -> Optional[CSGN]:
-    """Build ``cfg.model.name`` if it is one of ours; ``None`` for any other name (the caller
-    then uses torchreid's ``build_model``)."""
-    if cfg.model.name not in MODEL_PRESETS:
-        return None
-    return CSGN(config_from_cfg(cfg, num_cameras), num_classes)

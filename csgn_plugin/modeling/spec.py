@@ -31,7 +31,6 @@ __all__ = [
     "INTERPOLATIONS",
     "ModelSpec",
     "build_model_from_spec",
-    "input_from_cfg",
     "input_spec",
     "model_spec_for",
 ]
@@ -66,18 +65,6 @@ def input_spec(
     }
     _check_input(spec, "input")
     return spec
-
-
-def input_from_cfg(cfg: Any) -> dict[str, Any]:
-    """The ``input`` dict of the project config: ``data.height/width/norm_mean/norm_std``, and
-    bilinear resizing (torchreid's ``build_transforms`` resizes with torchvision's default)."""
-    return input_spec(
-        int(cfg.data.height),
-        int(cfg.data.width),
-        [float(v) for v in cfg.data.norm_mean],
-        [float(v) for v in cfg.data.norm_std],
-        "bilinear",
-    )
 
 
 def _check_input(spec: Any, where: str) -> None:

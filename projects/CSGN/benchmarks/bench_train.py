@@ -118,7 +118,7 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     use_gpu = args.device == "cuda"
     if dm is not None:
         num_ids, num_cameras = dm.num_train_pids, dm.num_train_cams
-    model = builders.build_model_from_config(cfg, num_classes=num_ids, num_cameras=num_cameras)
+    model = builders.build_clip_model(cfg, num_classes=num_ids, num_cameras=num_cameras)
     model = model.to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
