@@ -3,8 +3,8 @@
 ``clip`` and ``csgn`` are read by ``csgn_plugin.builders.csgn_config`` (with
 ``model.name``, ``model.pretrained`` and ``data.height/width/norm_mean/norm_std``), which fills
 ``modeling.CSGNConfig`` (it has no defaults: these are the only ones). ``stage1`` is the prompt
-stage's schedule (``builders.prompt_stage_options``). The stage-2 loss weights are in ``loss.clip`` and ``loss.hsf``; the stage-2 optimiser in
-``train``.
+stage's schedule (``builders.prompt_stage_options``). The stage-2 loss weights are in
+``loss.clip`` and ``loss.hsf``; the stage-2 optimiser in ``train``.
 """
 
 from __future__ import annotations

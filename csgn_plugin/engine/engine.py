@@ -106,6 +106,7 @@ class CCEngine(tr.engine.Engine):
         self.num_batches = 0
         self.global_step = 0
         self.skipped_steps = 0
+        self._warmed_up = False
         self.best: dict | None = None
         self.history: dict[str, list] = {}
         self.last_results: dict = {}
@@ -224,8 +225,8 @@ class CCEngine(tr.engine.Engine):
         self.num_batches = sampler.num_batches()
         batch_size = self.datamanager.train_loader.batch_size
         sums: dict[str, torch.Tensor] = {}
-        count = steps = 0
-        window_start = epoch_start = time.time()
+        count = 0
+        window_start = time.time()
         unreadable: list[str] = []
         for batch_idx, data in enumerate(self.train_loader, self.start_batch):
             self.batch_idx = batch_idx
@@ -233,7 +234,6 @@ class CCEngine(tr.engine.Engine):
             for k, v in self.forward_backward(data).items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
-            steps += 1
             self.global_step += 1
             fault_point("train_step")
             every = self.options.checkpoint_iters
@@ -243,9 +243,6 @@ class CCEngine(tr.engine.Engine):
             if (self.batch_idx + 1) % print_freq == 0 or self.batch_idx + 1 == self.num_batches:
                 self._log_window(sums, count, batch_size, time.time() - window_start)
                 sums, count, window_start = {}, 0, time.time()
-        # the last window's loss read has synchronised the device: the time is the work's
-        images = steps * batch_size * self.runtime.world_size
-        self.runtime.throughput.count("stage2_train_img", images, time.time() - epoch_start)
         self.runtime.report_unreadable(unreadable, "train", f"epoch {self.epoch + 1}")
         self.start_batch = 0
         self.update_lr()
@@ -266,7 +263,11 @@ class CCEngine(tr.engine.Engine):
     def _log_window(
         self, sums: dict[str, torch.Tensor], count: int, batch_size: int, seconds: float
     ) -> None:
-        means = self._window_means(sums, count)
+        means = self._window_means(sums, count)  # synchronises: the time is the work's
+        # the run's first window holds worker start-up, autotuning and compilation: apart
+        phase = "stage2_train_img" if self._warmed_up else "stage2_warmup_img"
+        self._warmed_up = True
+        self.runtime.throughput.count(phase, count * batch_size * self.runtime.world_size, seconds)
         for k, v in means.items():
             self.record(f"Train/{k}", self.global_step, v)
         lr = self.get_current_lr()
