@@ -58,13 +58,13 @@ def test_partial_loading_reports_loaded_skipped_missing_unexpected(tmp_path):
     assert report.unexpected == ["extra"]
     assert torch.equal(target[0].weight, source[0].weight)
     with pytest.raises(RuntimeError, match="strict loading .* refused"):
-        load_weights_file(target, str(tmp_path / "w.pth"))  # strict by default
+        load_weights_file(target, str(tmp_path / "w.pth"), "strict")
 
 
 def test_load_weights_refuses_a_file_without_tensors(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "x.pth")
     with pytest.raises(RuntimeError, match="no model state dict"):
-        load_weights_file(torch.nn.Linear(2, 2), str(tmp_path / "x.pth"))
+        load_weights_file(torch.nn.Linear(2, 2), str(tmp_path / "x.pth"), "strict")
 
 
 def test_atomic_write_text_replaces_whole_files_and_leaves_no_temporary(tmp_path, monkeypatch):

@@ -11,6 +11,14 @@ from csgn_plugin.modeling.clip_towers import ReIDResNet, ReIDViT, resnet_grid, v
 from csgn_plugin.modeling.clip_weights import clip_arch_config, load_clip
 
 
+def _random_vit():
+    return load_clip("csgn-tiny-vit", "", "auto")
+
+
+def _random_rn():
+    return load_clip("csgn-tiny-rn", "", "auto")
+
+
 def _reference_grid(pos: torch.Tensor, old: tuple, new: tuple, mode: str) -> torch.Tensor:
     """Interpolate the (1 + h*w, D) grid directly with F.interpolate (the test's reference)."""
     grid = pos[1:].reshape(old[0], old[1], -1).permute(2, 0, 1).unsqueeze(0)
@@ -34,9 +42,9 @@ def test_grid_sizes():
     [(16, (256, 128), "bilinear"), (12, (256, 128), "bilinear"), (16, (320, 160), "bicubic")],
 )
 def test_vit_positional_interpolation_matches_reference(stride, size, mode):
-    clip = load_clip("csgn-tiny-vit")
+    clip = _random_vit()
     source = clip.visual.positional_embedding.detach().clone()  # 1 + 14x14 rows
-    vit = ReIDViT(clip.visual, size, stride=stride, pos_interp=mode)
+    vit = ReIDViT(clip.visual, size, stride=stride, pos_interp=mode, num_cameras=0, sie_scale=3.0)
     grid = vit_grid(size, 16, stride)
     assert vit.positional_embedding.shape == (1 + grid[0] * grid[1], 64)
     torch.testing.assert_close(vit.positional_embedding[0], source[0])  # class token kept
@@ -48,9 +56,9 @@ def test_vit_positional_interpolation_matches_reference(stride, size, mode):
 
 
 def test_resnet_attnpool_interpolation_and_last_stride():
-    clip = load_clip("csgn-tiny-rn")
+    clip = _random_rn()
     source = clip.visual.attnpool.positional_embedding.detach().clone()  # 1 + 7x7 rows
-    resnet = ReIDResNet(clip.visual, (256, 128), last_stride=1)
+    resnet = ReIDResNet(clip.visual, (256, 128), last_stride=1, pos_interp="bilinear")
     assert resnet.grid == (16, 8)
     torch.testing.assert_close(resnet.attnpool.positional_embedding[0], source[0])
     expected = _reference_grid(source, (7, 7), (16, 8), "bilinear")
@@ -62,28 +70,30 @@ def test_resnet_attnpool_interpolation_and_last_stride():
 
 
 def test_resnet_without_attnpool_has_no_pool_parameters():
-    resnet = ReIDResNet(load_clip("csgn-tiny-rn").visual, (128, 64), keep_attnpool=False)
+    resnet = ReIDResNet(_random_rn().visual, (128, 64), 1, "bilinear", keep_attnpool=False)
     assert resnet.attnpool is None
     assert not [n for n, _ in resnet.named_parameters() if "attnpool" in n]
 
 
 def test_towers_at_native_geometry_equal_open_clip():
-    vit_clip, rn_clip = load_clip("csgn-tiny-vit"), load_clip("csgn-tiny-rn")
+    vit_clip, rn_clip = _random_vit(), _random_rn()
     vit_clip.eval(), rn_clip.eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected_vit = vit_clip.encode_image(x)
         expected_rn = rn_clip.encode_image(x)
-        vit = ReIDViT(copy.deepcopy(vit_clip.visual), (224, 224), stride=16).eval()
-        resnet = ReIDResNet(copy.deepcopy(rn_clip.visual), (224, 224), last_stride=2).eval()
+        vit = ReIDViT(copy.deepcopy(vit_clip.visual), (224, 224), 16, "bilinear", 0, 3.0).eval()
+        resnet = ReIDResNet(copy.deepcopy(rn_clip.visual), (224, 224), 2, "bilinear").eval()
         torch.testing.assert_close(vit.project(vit(x)[1]), expected_vit)
         torch.testing.assert_close(resnet.attnpool(resnet(x)[1]), expected_rn)
 
 
 def test_sie_adds_scaled_camera_vector_to_class_token():
-    clip = load_clip("csgn-tiny-vit")
-    with_sie = ReIDViT(copy.deepcopy(clip.visual), (128, 64), num_cameras=3, sie_scale=3.0)
-    plain = ReIDViT(copy.deepcopy(clip.visual), (128, 64))
+    clip = _random_vit()
+    with_sie = ReIDViT(
+        copy.deepcopy(clip.visual), (128, 64), 16, "bilinear", num_cameras=3, sie_scale=3.0
+    )
+    plain = ReIDViT(copy.deepcopy(clip.visual), (128, 64), 16, "bilinear", 0, 3.0)
     vector = torch.randn(64)
     with torch.no_grad():
         with_sie.camera_embedding[2] = vector
@@ -105,9 +115,9 @@ def test_vit_from_a_non_square_source_grid():
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         expected = clip.encode_image(x)
-        native = ReIDViT(copy.deepcopy(clip.visual), (64, 32)).eval()
+        native = ReIDViT(copy.deepcopy(clip.visual), (64, 32), 16, "bilinear", 0, 3.0).eval()
         torch.testing.assert_close(native.project(native(x)[1]), expected)
-    vit = ReIDViT(clip.visual, (128, 64), pos_interp="bicubic")
+    vit = ReIDViT(clip.visual, (128, 64), 16, pos_interp="bicubic", num_cameras=0, sie_scale=3.0)
     assert vit.grid == (8, 4)
     torch.testing.assert_close(vit.positional_embedding[0], source[0])
     reference = _reference_grid(source, (4, 2), (8, 4), "bicubic")
@@ -115,10 +125,10 @@ def test_vit_from_a_non_square_source_grid():
 
 
 def test_resnet_keeps_clips_key_names():
-    visual = load_clip("csgn-tiny-rn").visual
+    visual = _random_rn().visual
     clip_keys = list(visual.state_dict())
-    resnet = ReIDResNet(visual, (128, 64))
+    resnet = ReIDResNet(visual, (128, 64), 1, "bilinear")
     assert list(resnet.state_dict()) == clip_keys  # conv1.weight, layer1.0.bn1.weight, ...
     assert "conv1.weight" in clip_keys and "attnpool.c_proj.weight" in clip_keys
-    without_pool = ReIDResNet(load_clip("csgn-tiny-rn").visual, (128, 64), keep_attnpool=False)
+    without_pool = ReIDResNet(_random_rn().visual, (128, 64), 1, "bilinear", keep_attnpool=False)
     assert list(without_pool.state_dict()) == [k for k in clip_keys if not k.startswith("attnpool")]

@@ -71,7 +71,7 @@ def test_every_weight_format_loads_to_the_source_outputs(tmp_path):
         state, detected = read_clip_checkpoint(str(path))
         assert detected == fmt
         assert "input_resolution" not in state
-        loaded = load_clip("csgn-tiny-vit", str(path)).eval()  # activation 'auto'
+        loaded = load_clip("csgn-tiny-vit", str(path), "auto").eval()
         expected_activation = "gelu" if fmt == "open_clip" else "quick_gelu"
         assert transformer_activation(loaded.transformer) == expected_activation, fmt
         with torch.no_grad():
@@ -83,7 +83,7 @@ def test_every_weight_format_loads_to_the_source_outputs(tmp_path):
             if fmt != "openai-state-dict":
                 # the wrong activation would change the outputs: the check has teeth
                 wrong = "gelu" if expected_activation == "quick_gelu" else "quick_gelu"
-                other = load_clip("csgn-tiny-vit", str(path), activation=wrong).eval()
+                other = load_clip("csgn-tiny-vit", str(path), wrong).eval()
                 assert not torch.allclose(other.encode_text(tokens), exp_txt, atol=1e-5)
 
 
@@ -94,7 +94,7 @@ def test_safetensors_activation_comes_from_the_hub_config(tmp_path):
     # no config beside the file: the file does not say, 'auto' refuses and names the key
     assert recorded_activation(str(path)) is None
     with pytest.raises(ValueError, match="clip.quick_gelu"):
-        load_clip("csgn-tiny-vit", str(path))
+        load_clip("csgn-tiny-vit", str(path), "auto")
     assert transformer_activation(load_clip("csgn-tiny-vit", str(path), "gelu").transformer) == (
         "gelu"
     )
@@ -104,39 +104,39 @@ def test_safetensors_activation_comes_from_the_hub_config(tmp_path):
     assert recorded_activation(str(path)) == "gelu"
     tokens = open_clip.tokenize(TEXT, context_length=16)
     with torch.no_grad():
-        loaded = load_clip("csgn-tiny-vit", str(path)).eval()
+        loaded = load_clip("csgn-tiny-vit", str(path), "auto").eval()
         torch.testing.assert_close(loaded.encode_text(tokens), gelu_model.encode_text(tokens))
     config.write_text("{not json")
     with pytest.raises(ValueError, match="open_clip_config.json.*model_cfg"):
-        load_clip("csgn-tiny-vit", str(path))
+        load_clip("csgn-tiny-vit", str(path), "auto")
 
 
 def test_random_towers_and_architectures_that_name_their_activation(monkeypatch):
-    assert transformer_activation(load_clip("csgn-tiny-vit").transformer) == "gelu"
-    forced = load_clip("csgn-tiny-vit", activation="quick_gelu")
+    assert transformer_activation(load_clip("csgn-tiny-vit", "", "auto").transformer) == "gelu"
+    forced = load_clip("csgn-tiny-vit", "", "quick_gelu")
     assert transformer_activation(forced.transformer) == "quick_gelu"
     # an architecture config that names its activation (as open_clip's '*-quickgelu' do)
     monkeypatch.setitem(
         TINY_ARCHS, "tiny-quick", {**clip_arch_config("csgn-tiny-vit"), "quick_gelu": True}
     )
-    assert transformer_activation(load_clip("tiny-quick").transformer) == "quick_gelu"
-    gelu = load_clip("tiny-quick", activation="gelu")  # an explicit choice still wins
+    assert transformer_activation(load_clip("tiny-quick", "", "auto").transformer) == "quick_gelu"
+    gelu = load_clip("tiny-quick", "", "gelu")  # an explicit choice still wins
     assert transformer_activation(gelu.transformer) == "gelu"
 
 
 def test_weight_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown CLIP architecture 'ViT-Q-99'"):
-        load_clip("ViT-Q-99")
+        load_clip("ViT-Q-99", "", "auto")
     with pytest.raises(ValueError, match="neither an existing file nor a pretrained tag"):
-        load_clip("csgn-tiny-vit", "no_such_tag")
+        load_clip("csgn-tiny-vit", "no_such_tag", "auto")
     rn_file = tmp_path / "rn.pth"
-    torch.save(load_clip("csgn-tiny-rn").state_dict(), rn_file)
+    torch.save(load_clip("csgn-tiny-rn", "", "auto").state_dict(), rn_file)
     with pytest.raises(ValueError, match="rn.pth.*does not fit CLIP architecture 'csgn-tiny-vit'"):
-        load_clip("csgn-tiny-vit", str(rn_file))
+        load_clip("csgn-tiny-vit", str(rn_file), "auto")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="junk.pt"):
-        load_clip("csgn-tiny-vit", str(junk))
+        load_clip("csgn-tiny-vit", str(junk), "auto")
     bad_safetensors = tmp_path / "bad.safetensors"
     bad_safetensors.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(RuntimeError, match="bad.safetensors"):
@@ -145,7 +145,7 @@ def test_weight_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="neither a state dict nor an open_clip checkpoint"):
         read_clip_checkpoint(str(tmp_path / "no_weights.pt"))
     with pytest.raises(ValueError, match="activation must be one of"):
-        load_clip("csgn-tiny-vit", activation="maybe")
+        load_clip("csgn-tiny-vit", "", "maybe")
 
 
 def test_files_in_torchs_legacy_format_are_read(tmp_path):

@@ -227,7 +227,7 @@ def test_a_release_that_does_not_fit_the_model_is_refused(monkeypatch):
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointMismatchError) as err:
-        load_weights_file(model, "released/ViT-B-16_60.pth")
+        load_weights_file(model, "released/ViT-B-16_60.pth", "strict")
     message = str(err.value)
     for expected in (
         "'released/ViT-B-16_60.pth' is a CLIP-ReID checkpoint of model clipreid_vitb16",
@@ -240,7 +240,7 @@ def test_a_release_that_does_not_fit_the_model_is_refused(monkeypatch):
         assert expected in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(CheckpointMismatchError, match="load it into model clipreid_vitb16"):
-        load_weights_file(nn.Linear(2, 2), "released/ViT-B-16_60.pth")
+        load_weights_file(nn.Linear(2, 2), "released/ViT-B-16_60.pth", "strict")
 
 
 def test_the_converter_refuses_other_files(tmp_path, capsys):
@@ -343,7 +343,7 @@ def _native_and_converted(tmp_path, clips, tower, stride=16, cameras=0, ddp=Fals
 
     spec = clipreid_model_spec(torch.load(released, map_location="cpu"))
     converted = build_model_from_spec(spec)
-    report = load_weights_file(converted, str(released))  # strict
+    report = load_weights_file(converted, str(released), "strict")
     return native, converted, state, report
 
 

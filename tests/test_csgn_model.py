@@ -121,9 +121,9 @@ def test_stage_two_trains_the_image_side():
         bank = {m: model.prompt_features(torch.arange(6), m) for m in model.modalities}
     model.train()
     out = model(torch.randn(4, 3, 128, 64), torch.tensor([0, 1, 2, 0]))
-    loss = sum(label_smoothed_cross_entropy(s, labels) for s in out["logits"])
+    loss = sum(label_smoothed_cross_entropy(s, labels, 0.1) for s in out["logits"])
     loss = loss + sum(f.pow(2).mean() for f in out["features"])
-    hsf, _ = HSFLoss({"rgb": 1.0, "gray": 1.0})(out["image_feature"], bank, labels)
+    hsf, _ = HSFLoss({"rgb": 1.0, "gray": 1.0}, 0.1)(out["image_feature"], bank, labels)
     (loss + hsf).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable
@@ -235,7 +235,7 @@ def test_build_model_from_config():
 
 
 def test_config_loads_local_clip_weights(tmp_path):
-    source = load_clip("csgn-tiny-vit")
+    source = load_clip("csgn-tiny-vit", "", "auto")
     path = tmp_path / "vit.pt"
     torch.save(source.state_dict(), path)
     cfg = _cfg("clipreid_vitb16", clip__vit_weights=str(path), model__pretrained=True)

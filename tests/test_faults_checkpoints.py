@@ -60,7 +60,7 @@ def test_a_checkpoint_of_another_configuration_is_reported_key_by_key(
     assert all(any(e in k for k in skipped) for e in expected)
 
     with pytest.raises(CheckpointMismatchError, match=re.escape(path) + ".*refused") as err:
-        load_weights_file(target, path)
+        load_weights_file(target, path, "strict")
     assert all(k in str(err.value) for k in skipped)  # the reason: every differing key
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
 
@@ -90,10 +90,10 @@ def test_truncated_and_empty_files_are_refused_naming_the_file(tmp_path):
     cut = tmp_path / "cut.pth"
     cut.write_bytes(open(path, "rb").read()[: os.path.getsize(path) // 2])
     with pytest.raises(RuntimeError, match=r"cut\.pth.*truncated or not a torch file"):
-        load_weights_file(tiny_csgn(), str(cut))
+        load_weights_file(tiny_csgn(), str(cut), "strict")
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(RuntimeError, match=r"empty\.pth.*0 bytes"):
-        load_weights_file(tiny_csgn(), str(tmp_path / "empty.pth"))
+        load_weights_file(tiny_csgn(), str(tmp_path / "empty.pth"), "strict")
 
 
 def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp_path):
@@ -109,7 +109,7 @@ def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp
     old = tmp_path / "model.pth.tar-3"
     torch.save(state, old, _use_new_zipfile_serialization=False)
     target = tr.models.build_model("osnet_x0_25", num_classes=8, pretrained=False)
-    report = load_weights_file(target, str(old))
+    report = load_weights_file(target, str(old), "strict")
     assert report.complete and len(report.loaded) == len(source.state_dict())
     assert torch.equal(target.conv1.conv.weight, source.conv1.conv.weight)
 

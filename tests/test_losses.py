@@ -64,7 +64,7 @@ def test_mutual_loss_terms_and_cross_modal_weight():
     def pair(i, t):
         return supcon_loss(i, t, labels, labels) + supcon_loss(t, i, labels, labels)
 
-    total, terms = MutualLoss()(img, txt, labels)
+    total, terms = MutualLoss(cross_modal_weight=0.0)(img, txt, labels)
     own = pair(img["rgb"], txt["rgb"]) + pair(img["gray"], txt["gray"])
     torch.testing.assert_close(total, own)
     assert set(terms) == {"rgb_i2t", "rgb_t2i", "gray_i2t", "gray_t2i"}
@@ -80,7 +80,7 @@ def test_mutual_loss_terms_and_cross_modal_weight():
     )
     torch.testing.assert_close(rgb_only, pair(img["rgb"], txt["rgb"]))
     with pytest.raises(ValueError, match="same modalities"):
-        MutualLoss()(img, {"rgb": txt["rgb"]}, labels)
+        MutualLoss(cross_modal_weight=0.0)(img, {"rgb": txt["rgb"]}, labels)
 
 
 def test_label_smoothing_by_hand():
@@ -104,11 +104,15 @@ def test_hsf_by_hand():
     log_hi, log_lo = 1 - math.log(E + 1), -math.log(E + 1)  # log-softmax of (1, 0)
     rgb = -(0.95 * log_hi + 0.05 * log_lo)  # logits (1, 0), label 0, eps 0.1, K 2
     gray = -(0.95 * log_lo + 0.05 * log_hi)  # logits (0, 1)
-    total, terms = HSFLoss({"rgb": 1.0, "gray": 0.5})(feature, bank, torch.tensor([0]))
+    total, terms = HSFLoss({"rgb": 1.0, "gray": 0.5}, label_smoothing=0.1)(
+        feature, bank, torch.tensor([0])
+    )
     assert total.item() == pytest.approx(rgb + 0.5 * gray, rel=1e-6)
     assert terms["rgb"].item() == pytest.approx(rgb, rel=1e-6)
     assert terms["gray"].item() == pytest.approx(gray, rel=1e-6)
-    rgb_only, terms = HSFLoss({"rgb": 1.0, "gray": 0.0})(feature, bank, torch.tensor([0]))
+    rgb_only, terms = HSFLoss({"rgb": 1.0, "gray": 0.0}, label_smoothing=0.1)(
+        feature, bank, torch.tensor([0])
+    )
     assert rgb_only.item() == pytest.approx(rgb, rel=1e-6) and set(terms) == {"rgb"}
 
 
@@ -117,16 +121,16 @@ def test_hsf_modalities_without_prompts():
     bank = {"rgb": torch.randn(3, 4)}
     labels = torch.tensor([0, 2])
     # CLIP-ReID baselines have RGB prompts only: a gray weight has nothing to apply to
-    total, terms = HSFLoss({"rgb": 1.0, "gray": 1.0})(feature, bank, labels)
+    total, terms = HSFLoss({"rgb": 1.0, "gray": 1.0}, label_smoothing=0.1)(feature, bank, labels)
     assert set(terms) == {"rgb"}
     total.backward()
     assert feature.grad.abs().sum() > 0
-    zero, terms = HSFLoss({"rgb": 0.0, "gray": 0.0})(feature, bank, labels)
+    zero, terms = HSFLoss({"rgb": 0.0, "gray": 0.0}, label_smoothing=0.1)(feature, bank, labels)
     assert zero.item() == 0.0 and terms == {}
     with pytest.raises(ValueError, match="prompt banks only for"):
-        HSFLoss({"gray": 1.0})(feature, bank, labels)
+        HSFLoss({"gray": 1.0}, label_smoothing=0.1)(feature, bank, labels)
     with pytest.raises(ValueError, match=">= 0"):
-        HSFLoss({"rgb": -1.0})
+        HSFLoss({"rgb": -1.0}, label_smoothing=0.1)
 
 
 # ----------------------------------------------------------------- batch-hard triplet
@@ -173,7 +177,7 @@ def test_hard_triplet_separated_and_single_identity_batches_give_zero():
     separated = _on_line([0.0, 1.0, 10.0, 11.0])  # d_ap = 1, d_an >= 9: all below the margin
     assert HardTripletLoss(margin=0.3)(separated, torch.tensor([0, 0, 1, 1])).item() == 0.0
     # no negative at all: every anchor contributes 0 instead of failing
-    assert HardTripletLoss()(separated, torch.tensor([4, 4, 4, 4])).item() == 0.0
+    assert HardTripletLoss(margin=0.3)(separated, torch.tensor([4, 4, 4, 4])).item() == 0.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -18,12 +18,18 @@ CONTEXT = 16  # the tiny text tower's context length
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_clip("csgn-tiny-vit").eval()
+    return load_clip("csgn-tiny-vit", "", "auto").eval()
 
 
 def _learner(clip, **kwargs):
     parts = clip_text_parts(clip)
-    options = {"num_ids": 3, "modalities": ("rgb", "gray")} | kwargs
+    options = {
+        "num_ids": 3,
+        "modalities": ("rgb", "gray"),
+        "template": "A photo of a {} person.",
+        "n_ctx": 4,
+        "init_std": 0.02,
+    } | kwargs
     return PromptLearner(parts["token_embedding"], CONTEXT, **options)
 
 

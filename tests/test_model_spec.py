@@ -118,8 +118,10 @@ def test_torchreid_models_in_a_spec():
     assert type(model).__name__ == "OSNet" and model.loss == "triplet"
     assert model.classifier.out_features == 6
     assert model_spec_for("osnet_x0_25", model, INPUT, "triplet", 6) == spec
-    with pytest.raises(ValueError, match="needs its num_classes"):
+    with pytest.raises(ValueError, match="needs the loss it was built with and its num_classes"):
         model_spec_for("osnet_x0_25", model, INPUT)
+    with pytest.raises(ValueError, match="loss=None, num_classes=6"):
+        model_spec_for("osnet_x0_25", model, INPUT, num_classes=6)
     with pytest.raises(ValueError, match="neither a CSGN model .* nor a torchreid model"):
         build_model_from_spec(ModelSpec("osnet_x9", 6, {"loss": "softmax"}, INPUT))
 

@@ -16,16 +16,28 @@ DIMS = {"global": 64, "local": 256, "proj": 64}
 
 @pytest.fixture(scope="module")
 def clips():
-    return load_clip("csgn-tiny-vit").eval(), load_clip("csgn-tiny-rn").eval()
+    return tuple(load_clip(arch, "", "auto").eval() for arch in ("csgn-tiny-vit", "csgn-tiny-rn"))
+
+
+# VSS options of the tests unless a test sets its own
+OPTIONS = {
+    "fusion": "concat",
+    "fusion_heads": 8,
+    "test_neck": "before",
+    "test_parts": ("auto",),
+    "test_flip": False,
+}
 
 
 def _vss(clips, size=(128, 64), vit=True, resnet=True, last_stride=1, **kwargs):
     vit_clip, rn_clip = (copy.deepcopy(c) for c in clips)
-    vit_tower = ReIDViT(vit_clip.visual, size) if vit else None
+    vit_tower = ReIDViT(vit_clip.visual, size, 16, "bilinear", 0, 3.0) if vit else None
     rn_tower = (
-        ReIDResNet(rn_clip.visual, size, last_stride, keep_attnpool=not vit) if resnet else None
+        ReIDResNet(rn_clip.visual, size, last_stride, "bilinear", keep_attnpool=not vit)
+        if resnet
+        else None
     )
-    return VSS(vit_tower, rn_tower, NUM_CLASSES, **kwargs)
+    return VSS(vit_tower, rn_tower, NUM_CLASSES, **(OPTIONS | kwargs))
 
 
 @pytest.mark.parametrize("fusion", FUSION_MODES)

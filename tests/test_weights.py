@@ -35,7 +35,7 @@ def test_strict_names_every_tensor_and_loads_nothing():
     target = two_layers()
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(CheckpointMismatchError) as err:
-        load_model_weights(target, source, path="w.pth")
+        load_model_weights(target, source, "strict", "w.pth")
     message = str(err.value)
     for expected in (
         "strict loading of 'w.pth' refused",
@@ -88,7 +88,7 @@ def test_a_csgn_checkpoint_loads_strictly_and_exactly(tmp_path):
         path,
     )
     target = tiny()
-    report = load_weights_file(target, path)
+    report = load_weights_file(target, path, "strict")
     assert report.complete and "_extra_state" not in report.loaded
     assert len(report.loaded) == len(source.state_dict()) - 1
     imgs = torch.randn(2, 3, 64, 32)
@@ -103,7 +103,7 @@ def test_same_shapes_other_architecture_is_refused_strictly_reported_partially(t
     torch.save({"state_dict": source.state_dict()}, path)
     target = tiny()
     with pytest.raises(CheckpointMismatchError, match="activation .*'quick_gelu' -> 'gelu'"):
-        load_weights_file(target, path)
+        load_weights_file(target, path, "strict")
     report = load_weights_file(target, path, "partial")
     assert report.architecture_differences == [
         "activation (clip.quick_gelu on|off): 'quick_gelu' -> 'gelu'"
@@ -117,12 +117,12 @@ def test_files_without_the_record_load_and_the_spec_is_compared(tmp_path):
     weights = {k: v for k, v in source.state_dict().items() if k != "_extra_state"}
     # a file written before models recorded their architecture: nothing to compare
     torch.save({"state_dict": weights}, tmp_path / "old.pth")
-    assert load_weights_file(tiny(), str(tmp_path / "old.pth")).complete
+    assert load_weights_file(tiny(), str(tmp_path / "old.pth"), "strict").complete
     # the model_spec of a plugin checkpoint records it too
     spec = model_spec_for("csgn", source, INPUT).to_dict()
     torch.save({"state_dict": weights, "model_spec": spec}, tmp_path / "spec.pth")
     with pytest.raises(CheckpointMismatchError, match="activation"):
-        load_weights_file(tiny(), str(tmp_path / "spec.pth"))
+        load_weights_file(tiny(), str(tmp_path / "spec.pth"), "strict")
     # and the engine's resume path (match_state_dict + load_state_dict) takes old files too
     target = tiny(activation="quick_gelu")
     matched, report = match_state_dict(target, weights)

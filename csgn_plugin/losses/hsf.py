@@ -17,7 +17,7 @@ __all__ = ["HSFLoss", "label_smoothed_cross_entropy"]
 
 
 def label_smoothed_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1
+    logits: torch.Tensor, labels: torch.Tensor, epsilon: float
 ) -> torch.Tensor:
     """CLIP-ReID's / torchreid's ``CrossEntropyLabelSmooth``: targets ``(1 - eps) * onehot +
     eps / K``, loss ``mean_batch sum_k -target_k log softmax_k``."""
@@ -37,7 +37,7 @@ class HSFLoss:
     detached, unweighted terms keyed by modality.
     """
 
-    def __init__(self, weights: Mapping[str, float], label_smoothing: float = 0.1) -> None:
+    def __init__(self, weights: Mapping[str, float], label_smoothing: float) -> None:
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"HSF weights must be >= 0, got {dict(weights)}")
         self.weights = {m: float(w) for m, w in weights.items() if w != 0}

@@ -56,7 +56,7 @@ class MutualLoss:
     ``'<m>_t2i'`` and, when computed, ``'cross'`` (unweighted).
     """
 
-    def __init__(self, cross_modal_weight: float = 0.0) -> None:
+    def __init__(self, cross_modal_weight: float) -> None:
         if cross_modal_weight < 0:
             raise ValueError(f"cross_modal_weight must be >= 0, got {cross_modal_weight}")
         self.cross_modal_weight = float(cross_modal_weight)

@@ -15,7 +15,7 @@ class HardTripletLoss(nn.Module):
     an anchor without negatives contributes 0 instead of failing.
     """
 
-    def __init__(self, margin: float = 0.3) -> None:
+    def __init__(self, margin: float) -> None:
         super().__init__()
         self.margin = margin
 

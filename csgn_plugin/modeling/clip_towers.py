@@ -95,10 +95,10 @@ class ReIDViT(nn.Module):
         self,
         visual: VisionTransformer,
         image_size: tuple[int, int],
-        stride: int = 16,
-        pos_interp: str = "bilinear",
-        num_cameras: int = 0,
-        sie_scale: float = 3.0,
+        stride: int,
+        pos_interp: str,
+        num_cameras: int,
+        sie_scale: float,
     ) -> None:
         super().__init__()
         if not isinstance(visual, VisionTransformer):
@@ -175,8 +175,8 @@ class ReIDResNet(nn.Module):
         self,
         visual: ModifiedResNet,
         image_size: tuple[int, int],
-        last_stride: int = 1,
-        pos_interp: str = "bilinear",
+        last_stride: int,
+        pos_interp: str,
         keep_attnpool: bool = True,
     ) -> None:
         super().__init__()

@@ -174,7 +174,7 @@ def _file_activation(path: str, fmt: str) -> str:
     return "quick_gelu" if fmt == "openai-state-dict" else "gelu"
 
 
-def load_clip(arch: str, weights: str = "", activation: str = "auto") -> nn.Module:
+def load_clip(arch: str, weights: str, activation: str) -> nn.Module:
     """An open_clip ``CLIP`` of architecture ``arch`` at its native resolution, weights loaded.
 
     ``weights``: ``''`` (random), an open_clip pretrained tag of ``arch`` such as ``'openai'``

@@ -66,9 +66,9 @@ class PromptLearner(nn.Module):
         context_length: int,
         num_ids: int,
         modalities: Sequence[str],
-        template: str = "A photo of a {} person.",
-        n_ctx: int = 4,
-        init_std: float = 0.02,
+        template: str,
+        n_ctx: int,
+        init_std: float,
     ) -> None:
         super().__init__()
         if num_ids < 1:

@@ -169,15 +169,18 @@ def model_spec_for(
     name: str,
     model: nn.Module,
     input: dict[str, Any],
-    loss: str = "softmax",
+    loss: Optional[str] = None,
     num_classes: Optional[int] = None,
 ) -> ModelSpec:
     """The spec of a built model: a :class:`CSGN` describes itself; a torchreid model needs
-    ``num_classes`` and the ``loss`` it was built with."""
+    the ``loss`` it was built with (``loss.name``) and its ``num_classes``."""
     if isinstance(model, CSGN):
         return ModelSpec(name, model.num_classes, model.architecture(), dict(input))
-    if num_classes is None:
-        raise ValueError(f"the spec of torchreid model '{name}' needs its num_classes")
+    if loss is None or num_classes is None:
+        raise ValueError(
+            f"the spec of torchreid model '{name}' needs the loss it was built with and its "
+            f"num_classes, got loss={loss!r}, num_classes={num_classes!r}"
+        )
     return ModelSpec(name, num_classes, {"loss": loss}, dict(input))
 
 

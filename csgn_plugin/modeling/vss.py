@@ -87,7 +87,7 @@ class CrossAttentionFusion(nn.Module):
 
 
 def build_fusion(
-    mode: str, global_dim: int, local_dim: int, embed_dim: int, heads: int = 8
+    mode: str, global_dim: int, local_dim: int, embed_dim: int, heads: int
 ) -> nn.Module:
     if mode == "concat":
         return ConcatFusion(embed_dim, local_dim)
@@ -123,11 +123,11 @@ class VSS(nn.Module):
         vit: Optional[ReIDViT],
         resnet: Optional[ReIDResNet],
         num_classes: int,
-        fusion: str = "concat",
-        fusion_heads: int = 8,
-        test_neck: str = "before",
-        test_parts: Sequence[str] = ("auto",),
-        test_flip: bool = False,
+        fusion: str,
+        fusion_heads: int,
+        test_neck: str,
+        test_parts: Sequence[str],
+        test_flip: bool,
     ) -> None:
         super().__init__()
         if vit is None and resnet is None:

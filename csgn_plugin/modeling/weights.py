@@ -1,8 +1,8 @@
 """Loading weights into a model, under a policy, with a report of every tensor.
 
-* ``strict`` (the default everywhere): every tensor of the model must come from the source, with
-  its shape, and the source may hold nothing else; otherwise :class:`CheckpointMismatchError`
-  names the tensors and nothing is loaded.
+* ``strict`` (``model.strict_load True``, the config's default; callers name the policy): every
+  tensor of the model must come from the source, with its shape, and the source may hold nothing
+  else; otherwise :class:`CheckpointMismatchError` names the tensors and nothing is loaded.
 * ``partial`` (an explicit opt-in, e.g. a backbone trained for another task): what fits by name
   and shape is loaded; :meth:`LoadReport.warning_block` lists what kept its initial values and
   what was skipped. A source none of whose tensors fit is refused either way.
@@ -166,7 +166,7 @@ def match_state_dict(model: nn.Module, source: Mapping[str, Any]) -> tuple[Order
 def load_model_weights(
     model: nn.Module,
     source: Mapping[str, Any],
-    policy: str = "strict",
+    policy: str,
     path: str = "",
     recorded_architecture: Optional[Mapping[str, Any]] = None,
 ) -> LoadReport:
@@ -212,7 +212,7 @@ def load_model_weights(
     return report
 
 
-def load_weights_file(model: nn.Module, path: str, policy: str = "strict") -> LoadReport:
+def load_weights_file(model: nn.Module, path: str, policy: str) -> LoadReport:
     """Load the weights stored in ``path`` into ``model`` (see :func:`load_model_weights`).
 
     Reads plugin checkpoints (their ``model_spec`` is compared with the model), torchreid

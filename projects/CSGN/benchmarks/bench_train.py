@@ -144,8 +144,8 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
         for m in model.modalities
     }
     prompt_params = [p for p in model.parameters() if p.requires_grad]
-    opt1 = torch.optim.Adam(prompt_params, lr=3.5e-4)
-    mutual, stage = MutualLoss(), engine.stages[0]
+    opt1 = torch.optim.Adam(prompt_params, lr=cfg.stage1.lr)
+    mutual, stage = MutualLoss(cfg.stage1.cross_modal_weight), engine.stages[0]
     index, labels = torch.arange(b1), torch.randint(num_ids, (b1,), generator=torch.Generator())
 
     def stage1_step():
