@@ -104,9 +104,11 @@ def csgn_config(cfg: CfgNode, num_cameras: int = 0) -> CSGNConfig:
         "prompt_init_std": float(csgn.prompt_init_std),
         "fusion": csgn.fusion,
         "fusion_heads": int(csgn.fusion_heads),
+        "fusion_init_std": float(csgn.fusion_init_std),
         "test_neck": csgn.test_neck,
         "test_parts": _as_tuple(csgn.test_parts, "csgn.test_parts"),
         "test_flip": bool(csgn.test_flip),
+        "test_part_norm": bool(csgn.test_part_norm),
     }
     options.update(MODEL_PRESETS[cfg.model.name])
     return CSGNConfig(**options)

@@ -48,9 +48,11 @@ def test_architecture_lists_every_value_with_the_resolved_activation():
         "prompt_init_std": 0.02,
         "fusion": "sum",
         "fusion_heads": 8,
+        "fusion_init_std": 0.0,
         "test_neck": "before",
         "test_parts": ["auto"],
         "test_flip": True,
+        "test_part_norm": False,
     }
     assert model.architecture() == expected
     assert json.loads(json.dumps(expected)) == expected  # plain JSON values

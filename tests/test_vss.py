@@ -23,9 +23,11 @@ def clips():
 OPTIONS = {
     "fusion": "concat",
     "fusion_heads": 8,
+    "fusion_init_std": 0.0,
     "test_neck": "before",
     "test_parts": ("auto",),
     "test_flip": False,
+    "test_part_norm": False,
 }
 
 
@@ -138,3 +140,36 @@ def test_wrong_input_size_is_refused(clips):
     model = _vss(clips, (256, 128)).eval()
     with pytest.raises(ValueError, match=r"built for \(256, 128\).*data.height"):
         model(torch.randn(1, 3, 128, 64))
+
+
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_fusion_init_std_lets_the_joint_feature_reach_the_resnet_from_the_first_step(
+    clips, fusion
+):
+    """With std 0 the joint feature starts exactly at CLIP's projected class token and a loss on
+    it sends the ResNet no gradient; with a small std it does, and stays close to g @ P."""
+    imgs = torch.randn(4, 3, 128, 64)
+    for std in (0.0, 0.01):
+        model = _vss(clips, fusion=fusion, fusion_init_std=std).train()
+        parts = model.parts(imgs)
+        start = model.vit.project(parts["global"])
+        grads = torch.autograd.grad(
+            parts["proj"].pow(2).sum(), list(model.resnet.parameters()), allow_unused=True
+        )
+        reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+        if std == 0.0:
+            torch.testing.assert_close(parts["proj"], start)
+            assert not reached
+        else:
+            assert reached
+            gap = (parts["proj"] - start).norm() / start.norm()
+            assert 0 < gap < 0.5
+
+
+def test_part_norm_gives_every_part_unit_length(clips):
+    model = _vss(clips, test_part_norm=True).eval()
+    with torch.no_grad():
+        feat = model(torch.randn(3, 3, 128, 64))
+    blocks = torch.split(feat, [64, 256, 64], dim=1)  # global, local, proj
+    for block in blocks:
+        torch.testing.assert_close(block.norm(dim=1), torch.ones(3))

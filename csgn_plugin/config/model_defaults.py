@@ -44,6 +44,10 @@ def add_model_sections(cfg: CN) -> None:
     # 'sum' (gated weighted sum) or 'cross_attn' (class token attends over ResNet tokens)
     cfg.csgn.fusion = "concat"
     cfg.csgn.fusion_heads = 8  # attention heads of 'cross_attn' (must divide the ViT width)
+    # std of the initial weights that bring the ResNet into the joint-space feature (0: it starts
+    # exactly at CLIP's projected class token, and no gradient reaches the ResNet through it in
+    # the first step)
+    cfg.csgn.fusion_init_std = 0.0
     cfg.csgn.prompt_template = "A photo of a {} person."  # '{}' = where the learned tokens go
     cfg.csgn.prompt_n_ctx = 4  # learnable tokens per identity and modality
     cfg.csgn.prompt_init_std = 0.02  # prompt vectors are initialised N(0, std)
@@ -53,6 +57,8 @@ def add_model_sections(cfg: CN) -> None:
     # ResNet map), 'proj' (joint-space feature); ['auto'] = every part the model has
     cfg.csgn.test_parts = ["auto"]
     cfg.csgn.test_flip = False  # average the features of the image and its mirror image
+    # L2-normalise each part before concatenating them (CLIP-ReID: off)
+    cfg.csgn.test_part_norm = False
     # stage-2 learning-rate factors per part of 'csgn' (x train.lr, x train.bias_lr_factor for
     # biases): the ViT tower, the ResNet tower, the fusion layers, the BN necks and classifiers
     cfg.csgn.vit_lr_factor = 1.0

@@ -99,9 +99,11 @@ _CLIPREID_FIXED: dict[str, Any] = {
     "prompt_init_std": 0.02,
     "fusion": "concat",
     "fusion_heads": 8,
+    "fusion_init_std": 0.0,
     "test_neck": "before",
     "test_parts": ("auto",),
     "test_flip": False,
+    "test_part_norm": False,
 }
 
 

@@ -83,9 +83,11 @@ class CSGNConfig:
     prompt_init_std: float
     fusion: str  # how the two towers are fused (unused with one tower)
     fusion_heads: int
+    fusion_init_std: float
     test_neck: str
     test_parts: tuple[str, ...]
     test_flip: bool
+    test_part_norm: bool
 
 
 # What each registered name fixes, whatever the config says.
@@ -119,9 +121,11 @@ CONFIG_KEYS: dict[str, str] = {
     "prompt_init_std": "csgn.prompt_init_std",
     "fusion": "csgn.fusion",
     "fusion_heads": "csgn.fusion_heads",
+    "fusion_init_std": "csgn.fusion_init_std",
     "test_neck": "csgn.test_neck",
     "test_parts": "csgn.test_parts",
     "test_flip": "csgn.test_flip",
+    "test_part_norm": "csgn.test_part_norm",
 }
 
 
@@ -196,9 +200,11 @@ class CSGN(nn.Module):
             num_classes,
             config.fusion,
             config.fusion_heads,
+            config.fusion_init_std,
             config.test_neck,
             config.test_parts,
             config.test_flip,
+            config.test_part_norm,
         )
         text = clip_text_parts(vit_clip if vit_clip is not None else resnet_clip)
         self.prompt_learner = PromptLearner(

@@ -12,13 +12,20 @@ Parts (names used by config and outputs):
 * ``proj``: the joint-space feature (512-d with ViT-B/16's text tower): the fused feature in CSGN,
   the projected class token with a ViT alone, the attention pool with a ResNet alone.
 
-Fusion modes (``csgn.fusion``), all initialised so that at the start ``proj`` equals the ViT's own
-projected class token (the feature the prompts were learned against in stage 1):
+Fusion modes (``csgn.fusion``), all initialised so that at the start ``proj`` is the ViT's own
+projected class token (the feature the prompts were learned against in stage 1) plus the ResNet's
+contribution through weights drawn N(0, ``csgn.fusion_init_std``): with std 0 ``proj`` starts
+exactly at ``g @ P`` but no loss on ``proj`` reaches the ResNet in the first step; a small std
+lets HSF steer the ResNet from the start (projects/CSGN/README.md, "CSGN's own choices"):
 
-* ``concat``: ``Linear([g @ P ; l])`` with the weight initialised to ``[I, 0]``;
-* ``sum``: ``g @ P + a * Linear(l)`` with a learnable scalar ``a`` initialised to 0;
+* ``concat``: ``Linear([g @ P ; l])`` with the weight initialised to ``[I, N(0, std)]``;
+* ``sum``: ``g @ P + a * Linear(l)`` with ``a`` = 1 and the linear's weight N(0, std);
 * ``cross_attn``: ``(g + MHA(g, LN(tokens), LN(tokens))) @ P`` with the ViT class token attending
-  over the ResNet's spatial tokens; the attention's output projection starts at zero.
+  over the ResNet's spatial tokens; the attention's output projection starts N(0, std).
+
+The inference feature concatenates ``csgn.test_parts`` (before or after their BN necks); with
+``csgn.test_part_norm`` each part is L2-normalised first, so that every part weighs the same in
+the distance whatever its size (2048-d ResNet, 768-d ViT, 512-d joint space) and scale.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .clip_towers import ReIDResNet, ReIDViT
@@ -39,12 +47,13 @@ Projector = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ConcatFusion(nn.Module):
-    def __init__(self, embed_dim: int, local_dim: int) -> None:
+    def __init__(self, embed_dim: int, local_dim: int, init_std: float) -> None:
         super().__init__()
         self.linear = nn.Linear(embed_dim + local_dim, embed_dim)
         with torch.no_grad():
             self.linear.weight.zero_()
             self.linear.weight[:, :embed_dim].copy_(torch.eye(embed_dim))
+            self.linear.weight[:, embed_dim:].normal_(std=init_std)
             self.linear.bias.zero_()
 
     def forward(
@@ -54,10 +63,13 @@ class ConcatFusion(nn.Module):
 
 
 class SumFusion(nn.Module):
-    def __init__(self, embed_dim: int, local_dim: int) -> None:
+    def __init__(self, embed_dim: int, local_dim: int, init_std: float) -> None:
         super().__init__()
         self.local_proj = nn.Linear(local_dim, embed_dim)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.ones(()))
+        with torch.no_grad():
+            self.local_proj.weight.normal_(std=init_std)
+            self.local_proj.bias.zero_()
 
     def forward(
         self, g: torch.Tensor, local: torch.Tensor, local_map: torch.Tensor, project: Projector
@@ -66,7 +78,7 @@ class SumFusion(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
-    def __init__(self, global_dim: int, local_dim: int, heads: int) -> None:
+    def __init__(self, global_dim: int, local_dim: int, heads: int, init_std: float) -> None:
         super().__init__()
         if global_dim % heads:
             raise ValueError(f"csgn.fusion_heads={heads} must divide the ViT width {global_dim}")
@@ -75,7 +87,7 @@ class CrossAttentionFusion(nn.Module):
             global_dim, heads, kdim=local_dim, vdim=local_dim, batch_first=True
         )
         with torch.no_grad():
-            self.attn.out_proj.weight.zero_()
+            self.attn.out_proj.weight.normal_(std=init_std)
             self.attn.out_proj.bias.zero_()
 
     def forward(
@@ -87,14 +99,18 @@ class CrossAttentionFusion(nn.Module):
 
 
 def build_fusion(
-    mode: str, global_dim: int, local_dim: int, embed_dim: int, heads: int
+    mode: str, global_dim: int, local_dim: int, embed_dim: int, heads: int, init_std: float
 ) -> nn.Module:
+    """The fusion module of ``mode``; ``init_std``: std of the initial weights that bring the
+    ResNet into ``proj`` (0: ``proj`` starts exactly at CLIP's projected class token)."""
+    if init_std < 0:
+        raise ValueError(f"csgn.fusion_init_std must be >= 0, got {init_std}")
     if mode == "concat":
-        return ConcatFusion(embed_dim, local_dim)
+        return ConcatFusion(embed_dim, local_dim, init_std)
     if mode == "sum":
-        return SumFusion(embed_dim, local_dim)
+        return SumFusion(embed_dim, local_dim, init_std)
     if mode == "cross_attn":
-        return CrossAttentionFusion(global_dim, local_dim, heads)
+        return CrossAttentionFusion(global_dim, local_dim, heads, init_std)
     raise ValueError(f"csgn.fusion must be one of {FUSION_MODES}, got '{mode}'")
 
 
@@ -125,9 +141,11 @@ class VSS(nn.Module):
         num_classes: int,
         fusion: str,
         fusion_heads: int,
+        fusion_init_std: float,
         test_neck: str,
         test_parts: Sequence[str],
         test_flip: bool,
+        test_part_norm: bool,
     ) -> None:
         super().__init__()
         if vit is None and resnet is None:
@@ -143,7 +161,14 @@ class VSS(nn.Module):
             dims["local"] = resnet.out_channels
         dims["proj"] = vit.output_dim if vit is not None else resnet.output_dim
         self.fusion = (
-            build_fusion(fusion, vit.width, resnet.out_channels, vit.output_dim, fusion_heads)
+            build_fusion(
+                fusion,
+                vit.width,
+                resnet.out_channels,
+                vit.output_dim,
+                fusion_heads,
+                fusion_init_std,
+            )
             if vit is not None and resnet is not None
             else None
         )
@@ -156,6 +181,7 @@ class VSS(nn.Module):
         self.test_neck = test_neck
         self.test_parts = self._check_parts(test_parts)
         self.test_flip = bool(test_flip)
+        self.test_part_norm = bool(test_part_norm)
         self.embed_dim = dims["proj"]
         self.feature_dim = sum(dims[p] for p in self.test_parts)
         self.image_size = vit.image_size if vit is not None else resnet.image_size
@@ -211,6 +237,8 @@ class VSS(nn.Module):
             feats = [self.necks[p](parts[p]) for p in self.test_parts]
         else:
             feats = [parts[p] for p in self.test_parts]
+        if self.test_part_norm:
+            feats = [F.normalize(f.float(), dim=1).to(f.dtype) for f in feats]
         return torch.cat(feats, dim=1)
 
     def forward(self, imgs: torch.Tensor, camids: Optional[torch.Tensor] = None):  # noqa: ANN201
