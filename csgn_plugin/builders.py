@@ -18,11 +18,14 @@ from .compat import model_factory, torchreid_api
 from .data.base import IMAGE_POLICIES
 from .data.datamanager import ClothesDataManager
 from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
+from .data.transforms import check_interpolation, check_transform_names
 from .engine.engine import CCEngine, EngineOptions, LossOptions, unwrap_model
 from .engine.stages import PromptStageOptions, build_stages
 from .modeling import build_model_from_config
 
 tr = torchreid_api()
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def resolve_device(cfg: CfgNode) -> bool:
@@ -83,7 +86,10 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         )
     _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
     _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
-    _choice("train.optim", cfg.train.optim, ("adam", "adamw", "sgd"))
+    check_transform_names(cfg.data.transforms)
+    check_interpolation("data.train_interpolation", cfg.data.train_interpolation)
+    check_interpolation("data.test_interpolation", cfg.data.test_interpolation)
+    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, ("single_step", "multi_step", "cosine"))
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
@@ -99,6 +105,7 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         ("data.height", cfg.data.height, 1),
         ("data.width", cfg.data.width, 1),
         ("data.workers", cfg.data.workers, 0),
+        ("data.pad_crop_padding", cfg.data.pad_crop_padding, 0),
         ("stage1.batch_size", cfg.stage1.batch_size, 1),
         ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
         ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
@@ -197,6 +204,9 @@ def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: in
         transforms=cfg.data.transforms,
         norm_mean=cfg.data.norm_mean,
         norm_std=cfg.data.norm_std,
+        train_interpolation=cfg.data.train_interpolation,
+        test_interpolation=cfg.data.test_interpolation,
+        pad_crop_padding=cfg.data.pad_crop_padding,
         use_gpu=use_gpu,
         combineall=cfg.data.combineall,
         batch_size_train=cfg.train.batch_size,

@@ -6,6 +6,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
 ``visualize_ranked_results`` use it unchanged. What it adds:
 
 * dataset options (the ``cc_data`` config section) passed to every dataset as keyword arguments;
+* the plugin's transforms (``transforms.py``: torchreid's names and CLIP-ReID's operations,
+  unknown names refused, resize interpolation per split);
 * the plugin's epoch-seeded samplers (resumable, sharded over DDP ranks);
 * loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
 * ``protocols[name]``: the evaluation protocols each target dataset declares.
@@ -17,10 +19,12 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
 from .samplers import SeededDataset, build_sampler
+from .transforms import build_transforms, describe
 
 tr = torchreid_api()
 
@@ -39,6 +43,9 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         transforms: str | Sequence[str] = "random_flip",
         norm_mean: Sequence[float] | None = None,
         norm_std: Sequence[float] | None = None,
+        train_interpolation: str = "bilinear",
+        test_interpolation: str = "bilinear",
+        pad_crop_padding: int = 10,
         use_gpu: bool = False,
         combineall: bool = False,
         batch_size_train: int = 32,
@@ -56,16 +63,25 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         sample_method: str = "evenly",
         dataset_options: dict | None = None,
     ) -> None:
-        super().__init__(
-            sources=list(sources) if not isinstance(sources, str) else sources,
-            targets=list(targets) if targets and not isinstance(targets, str) else targets,
-            height=height,
-            width=width,
-            transforms=transforms,
-            norm_mean=norm_mean,
-            norm_std=norm_std,
-            use_gpu=use_gpu,
+        # torchreid's DataManager.__init__ would build its own transforms (ignoring names it does
+        # not know); its few attributes are set here instead
+        self.sources = [sources] if isinstance(sources, str) else list(sources)
+        targets = targets or self.sources
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.height, self.width = height, width
+        self.transform_tr, self.transform_te = build_transforms(
+            height,
+            width,
+            transforms,
+            norm_mean,
+            norm_std,
+            train_interpolation=train_interpolation,
+            test_interpolation=test_interpolation,
+            pad_crop_padding=pad_crop_padding,
         )
+        self.use_gpu = torch.cuda.is_available() and use_gpu
+        print(f"=> Train transforms: {describe(self.transform_tr)}")
+        print(f"=> Test transforms: {describe(self.transform_te)}")
         if data_type not in ("image", "video"):
             raise ValueError(f"data.type must be 'image' or 'video', got '{data_type}'")
         self.data_type = data_type
