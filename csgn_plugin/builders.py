@@ -25,7 +25,7 @@ from .modeling import build_model_from_config
 
 tr = torchreid_api()
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "amsgrad", "adamw", "sgd", "rmsprop")
 
 
 def resolve_device(cfg: CfgNode) -> bool:
@@ -270,14 +270,23 @@ def _param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> torch.optim.Optimizer:
+    """``train.optim``: torchreid's names with torchreid's meanings ('amsgrad' = Adam with
+    amsgrad, 'rmsprop' takes ``sgd.momentum`` and ``rmsprop.alpha``), plus 'adamw'."""
     groups = _param_groups(cfg, model)
     if not groups:
         raise ValueError(f"model '{cfg.model.name}' has no trainable parameter")
     name, wd = cfg.train.optim, cfg.train.weight_decay
     fused = {"fused": True} if use_gpu else {}
     betas = (cfg.adam.beta1, cfg.adam.beta2)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=wd, betas=betas, **fused)
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(
+            groups,
+            lr=cfg.train.lr,
+            weight_decay=wd,
+            betas=betas,
+            amsgrad=name == "amsgrad",
+            **fused,
+        )
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=wd, betas=betas, **fused)
     if name == "sgd":
@@ -290,7 +299,15 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> torch.opti
             nesterov=cfg.sgd.nesterov,
             **fused,
         )
-    raise ValueError(f"train.optim must be 'adam', 'adamw' or 'sgd', got '{name}'")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            groups,
+            lr=cfg.train.lr,
+            weight_decay=wd,
+            momentum=cfg.sgd.momentum,
+            alpha=cfg.rmsprop.alpha,
+        )
+    raise ValueError(f"train.optim must be one of {OPTIMIZERS}, got '{name}'")
 
 
 def lr_factor(cfg: CfgNode, epoch: int) -> float:
