@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from .checks import resolve_amp
+from .checks import OPTIMIZERS, resolve_amp
 from .compat import model_factory, torchreid_api
 from .config import get_default_config
 from .data.datamanager import ClothesDataManager
@@ -54,9 +54,13 @@ def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: in
         pin_memory=cfg.runtime.pin_memory,
         persistent_workers=cfg.runtime.persistent_workers,
         prefetch_factor=cfg.runtime.prefetch_factor,
+        train_interpolation=cfg.data.train_interpolation,
+        test_interpolation=cfg.data.test_interpolation,
+        pad_crop_padding=cfg.data.pad_crop_padding,
         seq_len=cfg.video.seq_len,
         sample_method=cfg.video.sample_method,
         dataset_options=dict(cfg.cc_data),
+        train=not cfg.test.evaluate,
     )
 
 
@@ -193,14 +197,14 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
 
 
 def model_input(cfg: CfgNode) -> dict:
-    """The ``input`` of a model spec: ``data.height/width/norm_mean/norm_std`` and the test resize
-    interpolation (torchreid's ``build_transforms`` resizes bilinearly)."""
+    """The ``input`` of a model spec: what evaluation feeds the model
+    (``data.height/width/norm_mean/norm_std/test_interpolation``)."""
     return input_spec(
         int(cfg.data.height),
         int(cfg.data.width),
         [float(v) for v in cfg.data.norm_mean],
         [float(v) for v in cfg.data.norm_std],
-        "bilinear",
+        cfg.data.test_interpolation,
     )
 
 
@@ -220,6 +224,7 @@ def config_for_spec(cfg: CfgNode, spec: ModelSpec) -> tuple[CfgNode, list[str]]:
         "data.width": spec.input["width"],
         "data.norm_mean": list(spec.input["norm_mean"]),
         "data.norm_std": list(spec.input["norm_std"]),
+        "data.test_interpolation": spec.input["interpolation"],
     }
     new = cfg.clone()
     new.defrost()
@@ -270,14 +275,23 @@ def param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> torch.optim.Optimizer:
+    """``train.optim``: torchreid's names with torchreid's meanings ('amsgrad' = Adam with
+    amsgrad, 'rmsprop' takes ``sgd.momentum`` and ``rmsprop.alpha``), plus 'adamw'."""
     groups = param_groups(cfg, model)
     if not groups:
         raise ValueError(f"model '{cfg.model.name}' has no trainable parameter")
     name, wd = cfg.train.optim, cfg.train.weight_decay
     fused = {"fused": True} if use_gpu else {}
     betas = (cfg.adam.beta1, cfg.adam.beta2)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=wd, betas=betas, **fused)
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(
+            groups,
+            lr=cfg.train.lr,
+            weight_decay=wd,
+            betas=betas,
+            amsgrad=name == "amsgrad",
+            **fused,
+        )
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=wd, betas=betas, **fused)
     if name == "sgd":
@@ -290,7 +304,15 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> torch.opti
             nesterov=cfg.sgd.nesterov,
             **fused,
         )
-    raise ValueError(f"train.optim must be 'adam', 'adamw' or 'sgd', got '{name}'")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            groups,
+            lr=cfg.train.lr,
+            weight_decay=wd,
+            momentum=cfg.sgd.momentum,
+            alpha=cfg.rmsprop.alpha,
+        )
+    raise ValueError(f"train.optim must be one of {OPTIMIZERS}, got '{name}'")
 
 
 # ---------------------------------------------------------------------- mappers

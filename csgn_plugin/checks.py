@@ -21,6 +21,7 @@ from .compat import model_factory, torchreid_api
 from .config import ConfigError, get_default_config
 from .data.base import IMAGE_POLICIES
 from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
+from .data.transforms import check_interpolation, check_transform_names
 from .engine.engine import unwrap_model
 from .engine.schedules import SCHEDULERS, STEP_AT
 from .evaluation import MODES
@@ -30,6 +31,7 @@ from .modeling import MODEL_PRESETS
 
 __all__ = [
     "CLIP_SECTIONS",
+    "OPTIMIZERS",
     "UNSUPPORTED_KEYS",
     "check_config",
     "check_data",
@@ -53,6 +55,8 @@ UNSUPPORTED_KEYS = {
     "sampler.num_cams": "RandomDomainSampler",
     "sampler.num_datasets": "RandomDatasetSampler",
 }
+# train.optim: torchreid's names with torchreid's meanings, plus AdamW
+OPTIMIZERS = ("adam", "amsgrad", "adamw", "sgd", "rmsprop")
 # sections that only the plugin's CLIP models (csgn, clipreid_*) read
 CLIP_SECTIONS = ("clip", "csgn", "stage1", "loss.clip", "loss.hsf")
 
@@ -136,7 +140,10 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         )
     _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
     _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
-    _choice("train.optim", cfg.train.optim, ("adam", "adamw", "sgd"))
+    check_transform_names(cfg.data.transforms)
+    check_interpolation("data.train_interpolation", cfg.data.train_interpolation)
+    check_interpolation("data.test_interpolation", cfg.data.test_interpolation)
+    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
     _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
@@ -162,6 +169,7 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         ("data.height", cfg.data.height, 1),
         ("data.width", cfg.data.width, 1),
         ("data.workers", cfg.data.workers, 0),
+        ("data.pad_crop_padding", cfg.data.pad_crop_padding, 0),
         ("stage1.batch_size", cfg.stage1.batch_size, 1),
         ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
         ("stage1.warmup_epochs", cfg.stage1.warmup_epochs, 0),

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
 from .compat import load_checkpoint
 from .data.image_io import read_image
+from .data.transforms import build_test_transform
 from .evaluation.evaluator import call_model
 from .modeling.clipreid_format import clipreid_model_spec, is_clipreid_state_dict
 from .modeling.spec import ModelSpec, build_model_from_spec
@@ -35,11 +35,6 @@ from .modeling.weights import extract_state_dict, load_weights_file
 
 __all__ = ["Extractor", "load_extractor", "load_model", "read_model_spec"]
 
-_INTERPOLATION = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "nearest": T.InterpolationMode.NEAREST,
-}
 ImageInput = Union[str, np.ndarray, Image.Image]
 
 
@@ -72,17 +67,14 @@ def load_model(
     return model.to(device).eval(), spec
 
 
-def test_transform(input_spec: dict[str, Any]) -> T.Compose:
-    """Resize, to tensor, normalise: the evaluation transform of a spec's ``input``."""
-    return T.Compose(
-        [
-            T.Resize(
-                (input_spec["height"], input_spec["width"]),
-                interpolation=_INTERPOLATION[input_spec["interpolation"]],
-            ),
-            T.ToTensor(),
-            T.Normalize(mean=input_spec["norm_mean"], std=input_spec["norm_std"]),
-        ]
+def test_transform(input_spec: dict[str, Any]) -> Any:
+    """Evaluation's transform for a spec's ``input``."""
+    return build_test_transform(
+        input_spec["height"],
+        input_spec["width"],
+        input_spec["norm_mean"],
+        input_spec["norm_std"],
+        input_spec["interpolation"],
     )
 
 

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from csgn_plugin import builders
+from csgn_plugin import builders, checks
 from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import load_config
 
@@ -35,6 +36,24 @@ def test_every_trainable_parameter_is_in_exactly_one_group(optim):
         assert lrs[id(names[name])] == pytest.approx(0.02)  # ... at the bias lr, as CLIP-ReID
     weight = next(n for n in names if n.endswith(".weight") and names[n].requires_grad)
     assert lrs[id(names[weight])] == pytest.approx(0.01)
+
+
+def test_torchreid_optimizer_names_keep_torchreid_meaning():
+    # torchreid's build_optimizer: 'amsgrad' is Adam with amsgrad on; 'rmsprop' takes the sgd
+    # momentum and rmsprop.alpha
+    model = torch.nn.Linear(3, 2)
+    amsgrad = builders.build_optimizer(
+        load_config("", ["train.optim", "amsgrad", "adam.beta2", "0.99"]), model, use_gpu=False
+    )
+    assert type(amsgrad) is torch.optim.Adam
+    assert amsgrad.defaults["amsgrad"] is True and amsgrad.defaults["betas"] == (0.9, 0.99)
+    assert builders.build_optimizer(load_config(""), model, False).defaults["amsgrad"] is False
+    cfg = load_config("", ["train.optim", "rmsprop", "sgd.momentum", "0.5", "rmsprop.alpha", "0.9"])
+    rmsprop = builders.build_optimizer(cfg, model, use_gpu=False)
+    assert type(rmsprop) is torch.optim.RMSprop
+    assert (rmsprop.defaults["momentum"], rmsprop.defaults["alpha"]) == (0.5, 0.9)
+    with pytest.raises(ValueError, match="train.optim.*did you mean 'amsgrad'"):
+        checks.check_config(load_config("", ["train.optim", "amsgard"]))
 
 
 def test_engine_reports_the_configured_lr_not_the_bias_lr():

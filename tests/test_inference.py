@@ -51,7 +51,7 @@ def test_tools_test_evaluates_the_recorded_model_whatever_the_config_says(traine
             "data.root", str(tmp / "data"), "data.save_dir", str(tmp / "eval"),
             "data.sources", "['synthcc']", "data.targets", "['synthcc']",
             "cc_data.synthcc_preset", "tiny", "data.workers", "0", "model.pretrained", "False",
-            "runtime.device", "cpu", "model.load_weights", best, "train.batch_size", "16",
+            "runtime.device", "cpu", "model.load_weights", best,
         ],
         test_only=True,
     )  # fmt: skip

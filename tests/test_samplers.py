@@ -121,3 +121,82 @@ def test_seeded_dataset_makes_augmentation_a_function_of_the_seed():
     after = torch.rand(1)
     assert ds[(0, 1234)] == first and ds[(0, 99)] != first
     assert torch.equal(before, after)  # the caller's generator is untouched
+
+
+# CLIP-ReID's RandomIdentitySampler (datasets/sampler.py of Syliz517/CLIP-ReID; torchreid's is
+# the same), written out: per epoch, each id's images are shuffled and cut into groups of K, the
+# remainder dropped; an id with fewer than K images gives one group of K draws with replacement
+# from its images. While at least P ids still hold groups, P of them are drawn at random and each
+# gives its next group; an id leaves when its groups run out.
+def items_with_counts(counts):
+    """(path, pid, camid, dsetid, clothes_id) with counts[pid] images of id pid."""
+    return [(f"{pid}_{i}.png", pid, 0, 0, pid) for pid, n in enumerate(counts) for i in range(n)]
+
+
+def identity_epoch(sampler, items, p, k):
+    """The epoch's batches, checked for P distinct ids x K instances, and the used groups."""
+    out = batches(sampler, p * k)
+    used = Counter()
+    for batch in out:
+        assert len(batch) == p * k
+        groups = [batch[i : i + k] for i in range(0, p * k, k)]
+        ids = [{items[j][1] for j in g} for g in groups]
+        assert all(len(s) == 1 for s in ids)  # one id per K-group
+        assert len({s.pop() for s in ids}) == p  # no id twice in a batch
+        used.update(items[g[0]][1] for g in groups)
+    return out, used
+
+
+def test_identity_epoch_follows_clipreid_rules():
+    k, p = 4, 4
+    counts = [9, 4, 13, 2, 1, 8, 5, 12, 3, 7, 16, 6]  # 9 -> 2 groups (1 dropped), 2 -> 1 group
+    items = items_with_counts(counts)
+    groups_of = [max(n, k) // k for n in counts]
+    for epoch in range(30):
+        sampler = RandomIdentitySampler(items, batch_size=p * k, num_instances=k, seed=7)
+        sampler.set_epoch(epoch)
+        out, used = identity_epoch(sampler, items, p, k)
+        assert len(out) == sampler.num_batches()
+        left = [pid for pid, g in enumerate(groups_of) if used[pid] < g]
+        assert all(used[pid] <= g for pid, g in enumerate(groups_of))
+        assert len(left) < p  # the epoch ends when fewer than P ids hold a group
+        assert sum(used.values()) == len(out) * p
+        seen = Counter(i for batch in out for i in batch)
+        for index, times in seen.items():
+            if counts[items[index][1]] >= k:
+                assert times == 1  # an id's groups are disjoint within an epoch
+
+
+def test_identity_epoch_length_when_every_batch_needs_every_id():
+    # P ids exactly: every batch takes a group of each, so the epoch has min(groups) batches
+    items = items_with_counts([8, 12, 9, 11])  # 2, 3, 2, 2 groups
+    sampler = RandomIdentitySampler(items, batch_size=16, num_instances=4, seed=0)
+    assert sampler.num_batches() == 2
+    items = items_with_counts([8, 12, 9, 3])  # the 3-image id gives one group
+    assert RandomIdentitySampler(items, batch_size=16, num_instances=4).num_batches() == 1
+
+
+def test_ids_with_fewer_than_k_images_are_drawn_with_replacement():
+    items = items_with_counts([2, 4, 4, 4])
+    single, draws = 0, 200
+    for epoch in range(draws):
+        sampler = RandomIdentitySampler(items, batch_size=16, num_instances=4, seed=1)
+        sampler.set_epoch(epoch)
+        (batch,) = batches(sampler, 16)
+        group = [i for i in batch if items[i][1] == 0]
+        assert len(group) == 4 and set(group) <= {0, 1}
+        single += len(set(group)) == 1
+    # 4 draws with replacement from 2 images are all the same image with probability 2 / 16:
+    # binomial(200, 1/8), mean 25, sd 4.7 (topping up the two images could never give this)
+    assert 10 <= single <= 42
+
+
+def test_identity_batches_order_ids_at_random():
+    items = items_with_counts([4] * 8)
+    orders = set()
+    for epoch in range(20):
+        sampler = RandomIdentitySampler(items, batch_size=16, num_instances=4, seed=2)
+        sampler.set_epoch(epoch)
+        for batch in batches(sampler, 16):
+            orders.add(tuple(items[i][1] for i in batch[::4]))
+    assert any(list(o) != sorted(o) for o in orders)

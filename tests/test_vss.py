@@ -143,9 +143,7 @@ def test_wrong_input_size_is_refused(clips):
 
 
 @pytest.mark.parametrize("fusion", FUSION_MODES)
-def test_fusion_init_std_lets_the_joint_feature_reach_the_resnet_from_the_first_step(
-    clips, fusion
-):
+def test_fusion_init_std_lets_the_joint_feature_reach_the_resnet_from_the_first_step(clips, fusion):
     """With std 0 the joint feature starts exactly at CLIP's projected class token and a loss on
     it sends the ResNet no gradient; with a small std it does, and stays close to g @ P."""
     imgs = torch.randn(4, 3, 128, 64)

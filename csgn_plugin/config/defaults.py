@@ -39,6 +39,12 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.data.width = 128
     cfg.data.combineall = False
     cfg.data.transforms = ["random_flip"]
+    # plugin additions (csgn_plugin/data/transforms.py): resize interpolation per split
+    # ('bilinear', 'bicubic', 'nearest'; CLIP-ReID trains bicubic, tests bilinear) and the
+    # zero padding per side of the 'pad_crop' transform (CLIP-ReID: 10)
+    cfg.data.train_interpolation = "bilinear"
+    cfg.data.test_interpolation = "bilinear"
+    cfg.data.pad_crop_padding = 10
     cfg.data.k_tfm = 1
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]

@@ -6,6 +6,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
 ``visualize_ranked_results`` use it unchanged. What it adds:
 
 * dataset options (the ``cc_data`` config section) passed to every dataset as keyword arguments;
+* the plugin's transforms (``transforms.py``: torchreid's names and CLIP-ReID's operations,
+  unknown names refused, resize interpolation per split);
 * the plugin's epoch-seeded samplers (resumable, sharded over DDP ranks);
 * loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
 * loaders that draw nothing from torch's global generator (dropout's), so iterating one again
@@ -23,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
-from .samplers import SeededDataset, build_sampler
+from .samplers import EpochSampler, SeededDataset, build_sampler
+from .transforms import build_transforms, describe
 
 tr = torchreid_api()
 
@@ -42,6 +45,9 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         transforms: str | Sequence[str] = "random_flip",
         norm_mean: Sequence[float] | None = None,
         norm_std: Sequence[float] | None = None,
+        train_interpolation: str = "bilinear",
+        test_interpolation: str = "bilinear",
+        pad_crop_padding: int = 10,
         use_gpu: bool = False,
         combineall: bool = False,
         batch_size_train: int = 32,
@@ -58,17 +64,27 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         seq_len: int = 15,
         sample_method: str = "evenly",
         dataset_options: dict | None = None,
+        train: bool = True,
     ) -> None:
-        super().__init__(
-            sources=list(sources) if not isinstance(sources, str) else sources,
-            targets=list(targets) if targets and not isinstance(targets, str) else targets,
-            height=height,
-            width=width,
-            transforms=transforms,
-            norm_mean=norm_mean,
-            norm_std=norm_std,
-            use_gpu=use_gpu,
+        # torchreid's DataManager.__init__ would build its own transforms (ignoring names it does
+        # not know); its few attributes are set here instead
+        self.sources = [sources] if isinstance(sources, str) else list(sources)
+        targets = targets or self.sources
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.height, self.width = height, width
+        self.transform_tr, self.transform_te = build_transforms(
+            height,
+            width,
+            transforms,
+            norm_mean,
+            norm_std,
+            train_interpolation=train_interpolation,
+            test_interpolation=test_interpolation,
+            pad_crop_padding=pad_crop_padding,
         )
+        self.use_gpu = torch.cuda.is_available() and use_gpu
+        print(f"=> Train transforms: {describe(self.transform_tr)}")
+        print(f"=> Test transforms: {describe(self.transform_te)}")
         if data_type not in ("image", "video"):
             raise ValueError(f"data.type must be 'image' or 'video', got '{data_type}'")
         self.data_type = data_type
@@ -96,22 +112,25 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         self._num_train_pids = trainset.num_train_pids
         self._num_train_cams = trainset.num_train_cams
         self.num_train_clothes = getattr(trainset, "num_train_clothes", 0)
-        self.train_sampler = build_sampler(
-            train_sampler,
-            trainset.train,
-            batch_size_train,
-            num_instances=num_instances,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
-        self.train_loader = DataLoader(
-            SeededDataset(trainset),
-            sampler=self.train_sampler,
-            batch_size=batch_size_train // world_size,
-            drop_last=True,
-            **self._loader_kwargs,
-        )
+        self.train_sampler: EpochSampler | None = None
+        self.train_loader: DataLoader | None = None
+        if train:  # evaluation alone needs the training set's statistics, not its batches
+            self.train_sampler = build_sampler(
+                train_sampler,
+                trainset.train,
+                batch_size_train,
+                num_instances=num_instances,
+                seed=seed,
+                rank=rank,
+                world_size=world_size,
+            )
+            self.train_loader = DataLoader(
+                SeededDataset(trainset),
+                sampler=self.train_sampler,
+                batch_size=batch_size_train // world_size,
+                drop_last=True,
+                **self._loader_kwargs,
+            )
 
         print("=> Loading test (target) dataset")
         self.test_loader: dict[str, dict[str, DataLoader]] = {}

@@ -6,7 +6,8 @@ replay the batches it would have seen. These samplers draw from a generator seed
 at batch ``b`` of epoch ``e`` skips exactly the first ``b`` batches.
 
 * ``RandomSampler``: a shuffled permutation (what softmax-only baselines use).
-* ``RandomIdentitySampler``: P identities x K instances per batch (torchreid's scheme).
+* ``RandomIdentitySampler``: P identities x K instances per batch (torchreid's and CLIP-ReID's
+  scheme, the same rules).
 * ``ClothesIdentitySampler``: as above, with the K instances of an identity spread round-robin
   over its outfits, so that a batch holds clothes-changing positives whenever the id has them.
 
@@ -107,7 +108,9 @@ class RandomSampler(EpochSampler):
 
 
 class RandomIdentitySampler(EpochSampler):
-    """P = batch_size / K identities, K instances each; ids with fewer than K images repeat."""
+    """P = batch_size / K identities, K instances each, with CLIP-ReID's (and torchreid's)
+    epoch: each id's images shuffled and cut into K-groups, ids drawn until fewer than P hold
+    a group. The number of batches varies with the draws; :meth:`num_batches` counts them."""
 
     def __init__(
         self,
@@ -148,23 +151,27 @@ class RandomIdentitySampler(EpochSampler):
         return indices
 
     def _groups(self, pid: int, rng: np.random.Generator) -> list[list[int]]:
-        """The id's instances cut into K-groups (topped up by resampling when fewer than K)."""
+        """The id's instances cut into K-groups, the remainder dropped. An id with fewer than K
+        images gives one group of K draws with replacement from its images (CLIP-ReID's and
+        torchreid's rule: an image may then repeat, and another may be left out)."""
         k = self.num_instances
         indices = self._ordered_instances(pid, rng)
         if len(indices) < k:
-            indices += rng.choice(indices, size=k - len(indices), replace=True).tolist()
+            indices = rng.choice(indices, size=k, replace=True).tolist()
         usable = len(indices) - len(indices) % k
         return [indices[i : i + k] for i in range(0, usable, k)]
 
     def global_batches(self) -> list[list[int]]:
+        """While at least P ids hold groups: P of them drawn uniformly without replacement, in
+        the drawn order, each giving its next group (CLIP-ReID's epoch)."""
         rng = self._rng()
         groups = {pid: self._groups(pid, rng) for pid in self.pids}
-        available = [pid for pid in self.pids if groups[pid]]
+        available = list(self.pids)
         batches = []
         while len(available) >= self.ids_per_batch:
             chosen = rng.choice(len(available), size=self.ids_per_batch, replace=False)
             batch: list[int] = []
-            for pid in [available[i] for i in sorted(chosen)]:
+            for pid in [available[i] for i in chosen]:
                 batch.extend(groups[pid].pop(0))
             batches.append(batch)
             available = [pid for pid in available if groups[pid]]
