@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from csgn_plugin.builders import check_config
+from csgn_plugin.checks import check_config
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import load_config
 from csgn_plugin.data.transforms import (
