@@ -14,6 +14,7 @@ loss code (``CCEngine.compute_losses``):
    distances stays put, it is falling by shrinking the features, not by separating identities.
 
     python projects/CSGN/triplet_probe.py --epochs 3    # a few minutes on a 2-core CPU
+    python projects/CSGN/triplet_probe.py --epochs 1 cc_data.synthcc_preset tiny   # KEY VALUE
 """
 
 import argparse
@@ -42,8 +43,9 @@ FORMER_RECIPE = [
 ]  # fmt: skip
 
 
-def build(data_root: str, save_dir: str):
-    cfg = load_config(CONFIG, [*FORMER_RECIPE, "data.root", data_root, "data.save_dir", save_dir])
+def build(data_root: str, save_dir: str, overrides: list[str]):
+    opts = [*FORMER_RECIPE, "data.root", data_root, "data.save_dir", save_dir, *overrides]
+    cfg = load_config(CONFIG, opts)
     builders.check_config(cfg)
     torch.manual_seed(cfg.train.seed)
     datamanager = builders.build_datamanager(cfg, use_gpu=False)
@@ -157,9 +159,10 @@ def main() -> None:
     p.add_argument("--gradient-batches", type=int, default=4)
     p.add_argument("--data-root", default="reid-data")
     p.add_argument("--out", default=os.path.join(HERE, "results", "baselines"))
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    engine = build(args.data_root, os.path.join("log", "triplet_probe"))  # nothing is saved
+    engine = build(args.data_root, os.path.join("log", "triplet_probe"), args.opts)  # saves nothing
     gradients = gradient_shares(engine, args.gradient_batches)
     epochs = train_epochs(engine, args.epochs)
     command = "python " + " ".join(sys.argv)
