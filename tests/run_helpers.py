@@ -30,6 +30,13 @@ CSGN = [
     "stage1.max_epoch", "3", "stage1.batch_size", "16", "stage1.warmup_epochs", "1",
     "stage1.print_freq", "1", "train.warmup_epochs", "0",
 ]  # fmt: skip
+# the OSNet runs exercise the engine with both loss terms and an identity sampler (the shipped
+# SynthCC baseline is softmax-only: these keys pin what the tests were written for)
+OSNET = [
+    "loss.name", "triplet", "loss.triplet.weight_x", "1.0", "sampler.train_sampler",
+    "ClothesIdentitySampler", "train.optim", "adam", "train.lr", "0.00035",
+    "train.warmup_epochs", "1", "test.normalize_feature", "True",
+]  # fmt: skip
 # checkpoint files that must be present for a resume to be exact
 STATE_KEYS = {"state_dict", "epoch", "batch", "global_step", "optimizer", "stages", "rng"}
 
@@ -39,7 +46,7 @@ def opts(data_root, save_dir, model="osnet", *extra):
     config = "synthcc_osnet.yaml" if model == "osnet" else "csgn_synthcc.yaml"
     args = ["--config-file", os.path.join(ROOT, "configs", config)]
     args += ["data.root", str(data_root), "data.save_dir", str(save_dir), *COMMON]
-    return args + (CSGN if model == "csgn" else []) + list(extra)
+    return args + (CSGN if model == "csgn" else OSNET) + list(extra)
 
 
 def start_train(args, log_path, env=None):

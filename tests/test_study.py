@@ -61,3 +61,26 @@ def test_chance_row_matches_the_expected_rank1_of_a_random_ranking(tmp_path):
         if good:
             odds.append(good / len(valid))
     assert chance["general"]["r1"] == pytest.approx(sum(odds) / len(odds), abs=0.015)
+
+
+def test_triplet_probe_reports_gradients_and_feature_statistics(tmp_path):
+    out = tmp_path / "probe"
+    cmd = [
+        sys.executable, os.path.join(ROOT, "projects", "CSGN", "triplet_probe.py"),
+        "--epochs", "1", "--gradient-batches", "2", "--data-root", str(tmp_path / "data"),
+        "--out", str(out), "cc_data.synthcc_preset", "tiny", "data.height", "64",
+        "data.width", "32", "train.batch_size", "16",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "triplet_probe.json").read_text())
+    assert len(report["gradients"]) == 2 and [e["epoch"] for e in report["epochs"]] == [1]
+    for row in report["gradients"]:
+        assert row["grad_id"] > 0 and row["grad_triplet"] > 0 and 0 <= row["triplet_larger"] <= 1
+    for row in report["epochs"]:
+        assert row["ratio"] == pytest.approx(row["same"] / row["other"])
+        assert row["norm"] > 0 and row["id"] > 0
+    table = (out / "triplet_probe.md").read_text()
+    assert table.count("\n| 1 |") == 2 and "same / other" in table  # both tables, row 1 each
+    assert not os.path.exists(os.path.join(ROOT, "log", "triplet_probe"))  # it saves no run

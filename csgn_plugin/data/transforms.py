@@ -109,7 +109,7 @@ class PixelRandomErasing:
                 top = int(torch.randint(0, height - box_h + 1, ()))
                 left = int(torch.randint(0, width - box_w + 1, ()))
                 img = img.clone()
-                noise = torch.randn(channels, box_h, box_w, dtype=img.dtype)
+                noise = torch.randn(channels, box_h, box_w, dtype=img.dtype, device=img.device)
                 img[..., top : top + box_h, left : left + box_w] = noise
                 return img
         return img
