@@ -37,6 +37,11 @@ class EpochSampler(Sampler):
     Subclasses implement :meth:`global_batches`, a list of global batches (lists of dataset
     indices) for one epoch. Rank ``r`` of ``w`` takes the ``r``-th of ``w`` equal slices of each
     global batch (identity samplers slice at identity boundaries: each rank keeps whole K-groups).
+
+    An iteration covers one epoch (:meth:`set_epoch`), or, after :meth:`stream_from`, every epoch
+    from then on back to back: one loader iterator then serves a whole run, and its workers load
+    the next epoch's first batches while the current epoch's last ones train (no epoch-start
+    stall). The batches are the same either way.
     """
 
     def __init__(
@@ -59,50 +64,63 @@ class EpochSampler(Sampler):
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
-        self._cached: tuple[int, list[list[int]]] | None = None
+        self.streaming = False
+        self._plans: dict[int, list[list[int]]] = {}
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; skip the first ``start_batch`` batches (resume)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
+        """Iterate over one epoch, skipping its first ``start_batch`` batches (resume)."""
+        self.epoch, self.start_batch, self.streaming = epoch, start_batch, False
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch])
+    def stream_from(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate over ``epoch`` (from batch ``start_batch``), then every later epoch."""
+        self.epoch, self.start_batch, self.streaming = epoch, start_batch, True
 
-    def global_batches(self) -> list[list[int]]:
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
         raise NotImplementedError
 
-    def _epoch_batches(self) -> list[list[int]]:
-        """This epoch's global batches, computed once per epoch (len() is asked often)."""
-        if self._cached is None or self._cached[0] != self.epoch:
-            self._cached = (self.epoch, self.global_batches())
-        return self._cached[1]
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """An epoch's global batches, computed once (the two latest epochs are kept: a stream
+        runs ahead into the next epoch while the loop still asks about the current one)."""
+        if epoch not in self._plans:
+            self._plans = {e: p for e, p in self._plans.items() if e == epoch - 1}
+            self._plans[epoch] = self.global_batches(epoch)
+        return self._plans[epoch]
 
-    def _local_batches(self) -> list[list[int]]:
+    def num_batches(self, epoch: int | None = None) -> int:
+        """Batches in ``epoch`` (default: the selected one)."""
+        return len(self._epoch_batches(self.epoch if epoch is None else epoch))
+
+    def _epoch_items(self, epoch: int, start_batch: int) -> Iterator[tuple[int, int]]:
         share = self.batch_size // self.world_size
         lo = self.rank * share
-        return [batch[lo : lo + share] for batch in self._epoch_batches()]
-
-    def num_batches(self) -> int:
-        return len(self._epoch_batches())
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        share = self.batch_size // self.world_size
-        base = (self.seed * 1_000_003 + self.epoch * 7_919) * 65_536
-        for b, batch in enumerate(self._local_batches()[self.start_batch :], self.start_batch):
-            for i, index in enumerate(batch):
-                position = b * self.batch_size + self.rank * share + i  # unique over ranks
+        base = (self.seed * 1_000_003 + epoch * 7_919) * 65_536
+        batches = self._epoch_batches(epoch)
+        for b in range(start_batch, len(batches)):
+            for i, index in enumerate(batches[b][lo : lo + share]):
+                position = b * self.batch_size + lo + i  # unique over ranks
                 yield index, (base + position) % (2**31)
 
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.epoch, self.start_batch
+        while True:
+            yield from self._epoch_items(epoch, start)
+            if not self.streaming:
+                return
+            epoch, start = epoch + 1, 0
+
     def __len__(self) -> int:
+        """Items of the selected epoch from ``start_batch`` (a stream goes on beyond it)."""
         return (self.num_batches() - self.start_batch) * (self.batch_size // self.world_size)
 
 
 class RandomSampler(EpochSampler):
     """A seeded permutation cut into full batches (the last partial batch is dropped)."""
 
-    def global_batches(self) -> list[list[int]]:
-        order = self._rng().permutation(len(self.data_source)).tolist()
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        order = self._rng(epoch).permutation(len(self.data_source)).tolist()
         n = len(order) // self.batch_size
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)]
 
@@ -161,10 +179,10 @@ class RandomIdentitySampler(EpochSampler):
         usable = len(indices) - len(indices) % k
         return [indices[i : i + k] for i in range(0, usable, k)]
 
-    def global_batches(self) -> list[list[int]]:
+    def global_batches(self, epoch: int) -> list[list[int]]:
         """While at least P ids hold groups: P of them drawn uniformly without replacement, in
         the drawn order, each giving its next group (CLIP-ReID's epoch)."""
-        rng = self._rng()
+        rng = self._rng(epoch)
         groups = {pid: self._groups(pid, rng) for pid in self.pids}
         available = list(self.pids)
         batches = []

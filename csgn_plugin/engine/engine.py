@@ -107,6 +107,7 @@ class CCEngine(tr.engine.Engine):
         self.global_step = 0
         self.skipped_steps = 0
         self._warmed_up = False
+        self._train_batches: Any = None  # the run's loader iterator over all its epochs
         self.best: dict | None = None
         self.history: dict[str, list] = {}
         self.last_results: dict = {}
@@ -218,17 +219,24 @@ class CCEngine(tr.engine.Engine):
             self.runtime.log(f"* Only train {layers} (epoch: {epoch + 1}/{fixbase_epoch})")
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers: Any = None) -> None:
+        """One epoch. Inside :meth:`run` its batches come from the run's one loader iterator
+        (the sampler streams epoch after epoch, so the workers never wait for an epoch to
+        start); called alone, it iterates over this epoch only."""
         self.set_model_mode("train")
         self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
         sampler = self.datamanager.train_sampler
-        sampler.set_epoch(self.epoch, self.start_batch)
-        self.num_batches = sampler.num_batches()
+        batches = self._train_batches
+        if batches is None:
+            sampler.set_epoch(self.epoch, self.start_batch)
+            batches = iter(self.train_loader)
+        self.num_batches = sampler.num_batches(self.epoch)
         batch_size = self.datamanager.train_loader.batch_size
         sums: dict[str, torch.Tensor] = {}
         count = 0
         window_start = time.time()
         unreadable: list[str] = []
-        for batch_idx, data in enumerate(self.train_loader, self.start_batch):
+        for batch_idx in range(self.start_batch, self.num_batches):
+            data = next(batches)
             self.batch_idx = batch_idx
             unreadable += [p for p in data.get("unreadable_path", ()) if p]
             for k, v in self.forward_backward(data).items():
@@ -329,6 +337,9 @@ class CCEngine(tr.engine.Engine):
         self.set_model_mode("train")
         first = max(start_epoch, self.start_epoch)
         self.runtime.log(f"=> Start training (epochs {first + 1}..{max_epoch})")
+        if first < max_epoch:
+            self.datamanager.train_sampler.stream_from(first, self.start_batch)
+            self._train_batches = iter(self.train_loader)
         for self.epoch in range(first, max_epoch):
             self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
             last = self.epoch + 1 == max_epoch
@@ -338,6 +349,7 @@ class CCEngine(tr.engine.Engine):
             period = self.options.checkpoint_period
             if last or (period > 0 and (self.epoch + 1) % period == 0):
                 self.save_checkpoint("last", epoch_done=True)
+        self._train_batches = None  # ends the stream (and its workers' prefetching)
         if max_epoch == 0 or first >= max_epoch:
             self.test(visrank=visrank, save_dir=save_dir)
         self.runtime.log(f"Elapsed {datetime.timedelta(seconds=round(time.time() - started))}")
