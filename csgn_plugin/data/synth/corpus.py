@@ -33,7 +33,15 @@ from typing import Optional
 import numpy as np
 
 from .atomic_dir import build_into_place, exclusive_lock, lock_path
-from .captions import COLOUR_NAMES, MAX_TOKENS, Attributes, Caption, describe, write_caption
+from .captions import (
+    COLOUR_NAMES,
+    MAX_TOKENS,
+    Attributes,
+    Caption,
+    caption_tokens,
+    describe,
+    write_caption,
+)
 from .render import render_image_with_parts
 from .world import (
     CORPUS_CAMERA,
@@ -210,6 +218,7 @@ def generate_corpus(out_dir: str, preset: str, seed: int, workers: Optional[int]
     ]
     samples: list[dict] = [{}] * spec.num_images
     if workers > 1 and len(jobs) > 1:
+        caption_tokens("")  # load the tokenizer once, before the workers fork
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.imap_unordered(_render_range, jobs)
             for start, block, block_samples in results:
