@@ -1,13 +1,14 @@
 """Pretrain SynthCLIP: a small CLIP per image tower on the captioned SynthCC corpus (CPU-sized).
 
-    python tools/pretrain_clip.py [--root reid-data] [--tower both] [--steps N] [--threads N]
+    python tools/pretrain_clip.py [--root reid-data] [--tower both] [--steps N] [--sequential]
 
-Generates the captioned corpus on first use, then pretrains each tower ('vit', 'rn' or 'both',
-in that order) into the cache under ``<root>/synthclip/`` (an entry per corpus and settings; a
-complete entry is reused at once, a killed run resumes from its last checkpoint). Prints each
-tower's weight files and its training record (steps, wall time, loss curve); ``--probe`` also
-runs tools/probe_synthclip.py's measurement on the held-out images. Defaults are the settings
-the project uses (``csgn_plugin.pretraining.default_settings``).
+Generates the captioned corpus on first use, then pretrains each tower ('vit', 'rn' or 'both':
+side by side, one single-threaded process each, unless ``--sequential``) into the cache under
+``<root>/synthclip/`` (an entry per corpus and settings; a complete entry is reused at once, a
+killed run resumes from its last checkpoint). Prints each tower's weight files and its training
+record (steps, wall time, loss curve); ``--probe`` then measures each tower on the held-out images
+as tools/probe_synthclip.py does. Unset options take the project's settings
+(``csgn_plugin.pretraining.default_settings``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-from csgn_plugin.pretraining import default_settings, ensure_synthclip  # noqa: E402
+from csgn_plugin.pretraining import default_settings, ensure_synthclip_towers  # noqa: E402
 from csgn_plugin.pretraining.cache import MANIFEST  # noqa: E402
 from csgn_plugin.pretraining.probe import probe_weights  # noqa: E402
 
@@ -46,19 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=kind, default=None, help="default: the project's"
         )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
+    parser.add_argument("--sequential", action="store_true", help="one tower after the other")
     parser.add_argument("--workers", type=int, default=None, help="corpus generation processes")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar, log lines only")
     parser.add_argument("--probe", action="store_true", help="probe each tower afterwards")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     overrides = {
         name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None
     }
@@ -69,24 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     began = time.perf_counter()
-    for tower in towers:
-        start = time.perf_counter()
-        path = ensure_synthclip(
-            args.root,
-            tower,
-            settings[tower],
-            workers=args.workers,
-            progress_bar=False if args.no_progress else None,
-        )
+    paths = ensure_synthclip_towers(
+        args.root, towers, settings, parallel=not args.sequential, workers=args.workers
+    )
+    print(f"SynthCLIP: {time.perf_counter() - began:.1f} s wall for {', '.join(towers)}")
+    for tower, path in paths.items():
         entry = os.path.dirname(path)
         with open(os.path.join(entry, MANIFEST), encoding="utf-8") as f:
             record = json.load(f)["training"]
-        print(f"SynthCLIP {tower}: {time.perf_counter() - start:.1f} s in this call")
-        print(f"  weights: {path}  (open_clip format: {os.path.join(entry, 'open_clip.pt')})")
+        print(f"SynthCLIP {tower}: {path}  (open_clip format: open_clip.pt beside it)")
         print(f"  training record: {json.dumps(record)}")
         if args.probe:
             probe_weights(args.root, tower, path, settings[tower], k=20, out_dir=entry)
-    print(f"SynthCLIP: {time.perf_counter() - began:.1f} s for {', '.join(towers)}")
     return 0
 
 

@@ -8,11 +8,12 @@ tower, as OpenAI released them.
 * ``towers``: the architectures at the pretraining size, the export to the square layout that
   ``modeling.load_clip`` reads, and :class:`SynthCLIPEncoder` (embeddings the ReID way);
 * ``train``: :func:`pretrain` (deterministic, resumable, scheduled by steps);
-* ``cache``: :func:`ensure_synthclip` (a weight file under the data root, pretrained on first use);
+* ``cache``: :func:`ensure_synthclip` (a weight file under the data root, pretrained on first
+  use), :func:`ensure_synthclip_towers` (both towers, side by side);
 * ``probe``: zero-shot retrieval and the colour probe on the held-out images.
 """
 
-from .cache import default_settings, ensure_synthclip, synthclip_dir
+from .cache import default_settings, ensure_synthclip, ensure_synthclip_towers, synthclip_dir
 from .towers import TOWER_ARCHS, SynthCLIPEncoder
 from .train import PretrainSettings, pretrain
 
@@ -22,6 +23,7 @@ __all__ = [
     "SynthCLIPEncoder",
     "default_settings",
     "ensure_synthclip",
+    "ensure_synthclip_towers",
     "pretrain",
     "synthclip_dir",
 ]

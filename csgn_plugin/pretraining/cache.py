@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Optional
 
-import torch
-
 from ..data.synth.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
 from ..engine.checkpoint import atomic_save, atomic_write_text
-from .towers import TOWER_ARCHS, arch_config, export_state_dict
+from .towers import TOWER_ARCHS, arch_config, check_tower, export_state_dict
 from .train import TRAINING_VERSION, PretrainSettings, pretrain
 
 MANIFEST = "synthclip.json"
@@ -39,9 +38,14 @@ class SynthCLIPError(RuntimeError):
     """A SynthCLIP cache folder that is not a complete entry of the requested settings."""
 
 
+#: steps per tower: the ResNet is slower per image on a CPU; both end in about the same time
+DEFAULT_STEPS = {"vit": 1600, "rn": 1000}
+
+
 def default_settings(tower: str, **overrides: Any) -> PretrainSettings:
     """The settings the project pretrains ``tower`` with, ``overrides`` applied."""
-    return replace(PretrainSettings(tower=tower), **overrides)
+    check_tower(tower)
+    return replace(PretrainSettings(tower=tower, steps=DEFAULT_STEPS[tower]), **overrides)
 
 
 def cache_identity(settings: PretrainSettings) -> dict:
@@ -120,7 +124,7 @@ def _write_entry(
             "counts": corpus_manifest["counts"],
         },
         "training": {**result.summary(), "steps": settings.steps, "wall_seconds": round(wall, 1)},
-        "threads": torch.get_num_threads(),
+        "threads": 1,
     }
     atomic_write_text(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     os.remove(os.path.join(partial, "progress.pt"))
@@ -164,3 +168,39 @@ def ensure_synthclip(
         os.replace(partial, entry)
     log(f"SynthCLIP {tower}: ready in '{entry}'")
     return target
+
+
+def _ensure_in_child(root: str, tower: str, settings: dict) -> str:
+    """:func:`ensure_synthclip` in a worker process (settings as a plain dict); no bar."""
+    return ensure_synthclip(root, tower, PretrainSettings.from_dict(settings), progress_bar=False)
+
+
+def ensure_synthclip_towers(
+    root: str,
+    towers: tuple[str, ...] = ("vit", "rn"),
+    settings: Optional[dict[str, PretrainSettings]] = None,
+    parallel: bool = True,
+    workers: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """:func:`ensure_synthclip` for several towers: ``{tower: openai-format weight file}``.
+
+    The corpora are generated first; towers still to pretrain then train side by side, one
+    single-threaded process each (``parallel``), or one after the other. ``settings``: per tower,
+    default :func:`default_settings`.
+    """
+    chosen = {tower: (settings or {}).get(tower) or default_settings(tower) for tower in towers}
+    for s in chosen.values():
+        ensure_corpus(root, s.corpus, s.corpus_seed, workers)
+    pending = [t for t in towers if not _complete(synthclip_dir(root, chosen[t]), chosen[t])]
+    paths = {}
+    if parallel and len(pending) > 1:
+        log(f"SynthCLIP: pretraining {', '.join(pending)} side by side, one process each")
+        context = multiprocessing.get_context("spawn")  # a fresh torch in each: no forked threads
+        with context.Pool(len(pending)) as pool:
+            jobs = [(root, t, chosen[t].to_dict()) for t in pending]
+            paths.update(zip(pending, pool.starmap(_ensure_in_child, jobs)))
+    for tower in towers:
+        if tower not in paths:
+            paths[tower] = ensure_synthclip(root, tower, chosen[tower], workers=workers, log=log)
+    return paths

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -98,6 +98,10 @@ def run_probe(encoder: SynthCLIPEncoder, corpus: Corpus, k: int = 20) -> dict[st
     return result
 
 
+def _cell(value: Optional[float], width: int) -> str:
+    return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}s}"
+
+
 def format_probe(results: dict[str, dict]) -> str:
     """A readable table of one or more probe results (name -> :func:`run_probe` output)."""
     names = list(results)
@@ -124,9 +128,9 @@ def format_probe(results: dict[str, dict]) -> str:
             lines.append(row + f"{stats['chance']:>10.3f}")
         row = f"  macro mean ({probe['colours_in_macro']} colours >= {k} images)".ljust(34)
         row += "".join(
-            f"{results[n]['colour_probe'][part]['macro_precision'] or 0:>14.3f}" for n in names
+            _cell(results[n]["colour_probe"][part]["macro_precision"], 14) for n in names
         )
-        lines.append(row + f"{probe['macro_chance'] or 0:>10.3f}")
+        lines.append(row + _cell(probe["macro_chance"], 10))
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 * **Deterministic.** The model is initialised from ``settings.seed``; which images form step
   ``s``'s batch (a per-epoch permutation of the training split) and which of them are flipped are
-  functions of (seed, s), not of a generator's history. So a run is a function of its settings (on
-  one machine, with one thread count: CPU kernels may sum in another order with more threads).
+  functions of (seed, s), not of a generator's history. So a run is a function of its settings
+  (for one torch build and thread count: CPU kernels may sum in another order with more threads;
+  training runs single-threaded by default).
 * **Resumable.** Every ``checkpoint_every`` steps the model, AdamW's state, the step and the loss
   history go to ``progress.pt`` atomically; a run that finds it continues from there and, as
   nothing else carries state, ends bit-identical to an uninterrupted run.
@@ -44,8 +45,8 @@ class PretrainSettings:
     tower: str = "vit"
     corpus: str = "default"  # captioned-corpus preset
     corpus_seed: int = 0
-    steps: int = 1500
-    batch_size: int = 128
+    steps: int = 1600
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100
@@ -194,14 +195,35 @@ def pretrain(
     log_every: int = 50,
     progress_bar: Optional[bool] = None,
     log: Callable[[str], None] = print,
+    threads: int = 1,
 ) -> PretrainResult:
     """Train one tower on the corpus's training split, resuming from ``work_dir/progress.pt``.
 
     ``progress_bar``: tqdm on stderr (default: when stderr is a terminal); a log line with the
     loss, learning rate, rate and ETA goes to ``log`` every ``log_every`` steps either way.
+    ``threads``: torch threads while training (restored afterwards). One by default: the result
+    then does not depend on the machine's core count, and two towers train side by side in two
+    processes (``cache.ensure_synthclip_towers``), which uses two cores better than two threads.
     """
-    if checkpoint_every < 1 or log_every < 1:
-        raise ValueError("checkpoint_every and log_every must be >= 1")
+    if checkpoint_every < 1 or log_every < 1 or threads < 1:
+        raise ValueError("checkpoint_every, log_every and threads must be >= 1")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(corpus, settings, work_dir, checkpoint_every, log_every, progress_bar, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    corpus: Corpus,
+    settings: PretrainSettings,
+    work_dir: str,
+    checkpoint_every: int,
+    log_every: int,
+    progress_bar: Optional[bool],
+    log: Callable[[str], None],
+) -> PretrainResult:
     image_size = tuple(corpus.images.shape[1:3])
     torch.manual_seed(settings.seed)
     model = build_training_clip(settings.tower, image_size)
