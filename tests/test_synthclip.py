@@ -4,6 +4,7 @@ Pretraining runs here on the 'tiny' corpus (36 training images) with batches of 
 steps: a few seconds each.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -19,7 +20,9 @@ from csgn_plugin.modeling.clip_towers import load_clip, read_clip_checkpoint
 from csgn_plugin.pretraining import (
     PretrainSettings,
     SynthCLIPEncoder,
+    default_settings,
     ensure_synthclip,
+    ensure_synthclip_towers,
     pretrain,
     synthclip_dir,
 )
@@ -305,3 +308,61 @@ def test_probe_runs_on_the_held_out_images(corpus, tmp_path):
     assert result["retrieval"]["n"] == 12
     top = result["colour_probe"]["top"]["per_colour"]
     assert sum(v["images"] for v in top.values()) <= 12
+
+
+def test_default_settings_per_tower():
+    assert default_settings("vit").steps == 1600 and default_settings("rn").steps == 1000
+    assert default_settings("rn", lr=5e-4).lr == 5e-4
+    with pytest.raises(ValueError, match="tower must be one of"):
+        default_settings("vit-b")
+
+
+def test_training_is_single_threaded_and_restores_the_thread_count(corpus, tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+    pretrain(
+        corpus,
+        _settings(steps=1, warmup_steps=0),
+        str(tmp_path),
+        log=lambda _: seen.append(torch.get_num_threads()),
+    )
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_towers_side_by_side_equal_the_towers_one_after_the_other(root, tmp_path):
+    """Two spawned processes (each imports the package: ~10 s on a 2-core CPU)."""
+    other = str(tmp_path / "other")
+    ensure_corpus(other, "tiny", 0, workers=1)
+    settings = {t: _settings(t, steps=3, seed=11) for t in ("vit", "rn")}
+    side = ensure_synthclip_towers(root, ("vit", "rn"), settings, parallel=True)
+    apart = ensure_synthclip_towers(other, ("vit", "rn"), settings, parallel=False)
+    for tower in ("vit", "rn"):
+        a, b = torch.load(side[tower]), torch.load(apart[tower])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tower
+
+
+def _tool(name):
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pretrain_tool_reports_the_entry(root, capsys):
+    main = _tool("pretrain_clip").main
+    args = ["--root", root, "--tower", "vit", "--corpus", "tiny", "--steps", "2"]
+    assert main([*args, "--warmup-steps", "1", "--batch-size", "8", "--seed", "21"]) == 0
+    out = capsys.readouterr().out
+    assert "SynthCLIP vit: " in out and "openai.pt" in out and '"steps": 2' in out
+    assert main(["--root", root, "--warmup-steps", "5", "--steps", "5"]) == 1
+    assert "warmup_steps" in capsys.readouterr().err
+
+
+def test_loss_summary_by_hand():
+    from csgn_plugin.pretraining.train import _loss_summary
+
+    # losses 100, 99, ..., 1; windows of 5 steps (5% of 100)
+    summary = _loss_summary([float(v) for v in range(100, 0, -1)])
+    assert summary == {"first": 98.0, "last": 3.0, "at_25%": 78.0, "at_50%": 53.0, "at_75%": 28.0}

@@ -154,7 +154,8 @@ def _loss_summary(losses: list[float]) -> dict:
     window = max(1, n // 20)
 
     def mean(lo: int, hi: int) -> float:
-        return round(float(np.mean(losses[max(0, lo) : max(lo + 1, hi)])), 4)
+        lo = max(0, lo)
+        return round(float(np.mean(losses[lo : max(lo + 1, hi)])), 4)
 
     summary = {"first": mean(0, window), "last": mean(n - window, n)}
     for quarter in (1, 2, 3):
