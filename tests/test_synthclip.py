@@ -366,3 +366,31 @@ def test_loss_summary_by_hand():
     # losses 100, 99, ..., 1; windows of 5 steps (5% of 100)
     summary = _loss_summary([float(v) for v in range(100, 0, -1)])
     assert summary == {"first": 98.0, "last": 3.0, "at_25%": 78.0, "at_50%": 53.0, "at_75%": 28.0}
+
+
+@pytest.mark.slow
+def test_a_kill_9_mid_pretraining_resumes_to_the_uninterrupted_weights(root, tmp_path):
+    """tools/pretrain_clip.py killed by SIGKILL after step 5 (checkpoints every 2 steps), run
+    again: the weights equal an uninterrupted run's. Two subprocesses: ~15 s on a 2-core CPU."""
+    import subprocess
+    import sys
+
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "pretrain_clip.py")
+    data = str(tmp_path / "data")
+    ensure_corpus(data, "tiny", 0, workers=1)
+    flags = ["--steps", "8", "--warmup-steps", "2", "--batch-size", "8", "--lr", "0.002"]
+    command = [sys.executable, tool, "--root", data, "--tower", "vit", "--corpus", "tiny", *flags]
+    command += ["--checkpoint-every", "2", "--seed", "7"]
+    env = {**os.environ, "CSGN_FAULT_KILL": "pretrain_step:5"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    settings = _settings(seed=7)
+    assert not os.path.exists(synthclip_dir(data, settings))
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step 4/8" in resumed.stdout
+    straight = ensure_synthclip(str(tmp_path / "straight"), "vit", settings, log=lambda _: None)
+    got = torch.load(os.path.join(synthclip_dir(data, settings), "openai.pt"))
+    expected = torch.load(straight)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     parser.add_argument("--sequential", action="store_true", help="one tower after the other")
     parser.add_argument("--workers", type=int, default=None, help="corpus generation processes")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints"
+    )
     parser.add_argument("--probe", action="store_true", help="probe each tower afterwards")
     return parser
 
@@ -64,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     began = time.perf_counter()
     paths = ensure_synthclip_towers(
-        args.root, towers, settings, parallel=not args.sequential, workers=args.workers
+        args.root,
+        towers,
+        settings,
+        parallel=not args.sequential,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
     )
     print(f"SynthCLIP: {time.perf_counter() - began:.1f} s wall for {', '.join(towers)}")
     for tower, path in paths.items():

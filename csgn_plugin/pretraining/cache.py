@@ -138,13 +138,15 @@ def ensure_synthclip(
     workers: Optional[int] = None,
     progress_bar: Optional[bool] = None,
     log: Callable[[str], None] = print,
+    checkpoint_every: int = 100,
 ) -> str:
     """The SynthCLIP weight file of ``tower`` ('vit' or 'rn') under ``root``, pretrained (and
     the corpus generated) when missing.
 
     ``settings``: default :func:`default_settings` (tower); ``fmt``: ``'openai'`` (flat state
     dict, loads with ``clip.quick_gelu auto``) or ``'open_clip'`` (``{"state_dict": ...}``,
-    needs ``clip.quick_gelu on``). ``workers``: corpus generation processes.
+    needs ``clip.quick_gelu on``). ``workers``: corpus generation processes;
+    ``checkpoint_every``: steps between two saves of the resumable progress.
     """
     if fmt not in FORMATS:
         raise ValueError(f"SynthCLIP format must be one of {sorted(FORMATS)}, got '{fmt}'")
@@ -163,16 +165,29 @@ def ensure_synthclip(
         partial = os.path.join(parent, f".{name}.partial")
         log(f"SynthCLIP {tower}: pretraining into '{entry}' ({settings.steps} steps) ...")
         start = time.perf_counter()
-        result = pretrain(corpus, settings, partial, progress_bar=progress_bar, log=log)
+        result = pretrain(
+            corpus,
+            settings,
+            partial,
+            checkpoint_every=checkpoint_every,
+            progress_bar=progress_bar,
+            log=log,
+        )
         _write_entry(partial, settings, corpus.manifest, result, time.perf_counter() - start)
         os.replace(partial, entry)
     log(f"SynthCLIP {tower}: ready in '{entry}'")
     return target
 
 
-def _ensure_in_child(root: str, tower: str, settings: dict) -> str:
+def _ensure_in_child(root: str, tower: str, settings: dict, checkpoint_every: int) -> str:
     """:func:`ensure_synthclip` in a worker process (settings as a plain dict); no bar."""
-    return ensure_synthclip(root, tower, PretrainSettings.from_dict(settings), progress_bar=False)
+    return ensure_synthclip(
+        root,
+        tower,
+        PretrainSettings.from_dict(settings),
+        progress_bar=False,
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def ensure_synthclip_towers(
@@ -182,6 +197,7 @@ def ensure_synthclip_towers(
     parallel: bool = True,
     workers: Optional[int] = None,
     log: Callable[[str], None] = print,
+    checkpoint_every: int = 100,
 ) -> dict[str, str]:
     """:func:`ensure_synthclip` for several towers: ``{tower: openai-format weight file}``.
 
@@ -198,9 +214,16 @@ def ensure_synthclip_towers(
         log(f"SynthCLIP: pretraining {', '.join(pending)} side by side, one process each")
         context = multiprocessing.get_context("spawn")  # a fresh torch in each: no forked threads
         with context.Pool(len(pending)) as pool:
-            jobs = [(root, t, chosen[t].to_dict()) for t in pending]
+            jobs = [(root, t, chosen[t].to_dict(), checkpoint_every) for t in pending]
             paths.update(zip(pending, pool.starmap(_ensure_in_child, jobs)))
     for tower in towers:
         if tower not in paths:
-            paths[tower] = ensure_synthclip(root, tower, chosen[tower], workers=workers, log=log)
+            paths[tower] = ensure_synthclip(
+                root,
+                tower,
+                chosen[tower],
+                workers=workers,
+                log=log,
+                checkpoint_every=checkpoint_every,
+            )
     return paths
