@@ -266,3 +266,15 @@ def test_foreign_folders_and_bad_options_are_refused(tmp_path):
         ensure_corpus(str(tmp_path), "huge", 0)
     with pytest.raises(ValueError, match="non-negative"):
         ensure_corpus(str(tmp_path), "tiny", -1)
+
+
+def test_a_corpus_of_another_version_is_regenerated(tmp_path, tiny):
+    path = ensure_corpus(str(tmp_path), "tiny", 0, workers=1)
+    manifest_path = os.path.join(path, "corpus.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest["synthcc_generator_version"] -= 1  # made by an older SynthCC renderer
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    assert ensure_corpus(str(tmp_path), "tiny", 0, workers=1) == path
+    assert _bytes(manifest_path) == _bytes(os.path.join(tiny, "corpus.json"))

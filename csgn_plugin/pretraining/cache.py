@@ -8,10 +8,11 @@
         synthclip.json  settings, architecture, corpus, loss summary, wall time
 
 ``key`` hashes everything that decides the weights: the settings, the architecture's config, the
-corpus's version and spec, the training code's version. A changed setting gets a new entry; a
-complete entry is reused at once. Training runs in ``.<entry>.partial/`` (holding the resumable
-``progress.pt``) under the entry's lock and is renamed into place when the files are written,
-so a killed run resumes where its last checkpoint left it the next time anyone asks.
+corpus's version and spec (and SynthCC's renderer version), the training code's version. A
+changed setting gets a new entry; a complete entry is reused at once. Training runs in
+``.<entry>.partial/`` (holding the resumable ``progress.pt``) under the entry's lock and is
+renamed into place when the files are written, so a killed run resumes where its last
+checkpoint left it the next time anyone asks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from ..data.synth.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
+from ..data.synth.generator import GENERATOR_VERSION
 from ..engine.checkpoint import atomic_save, atomic_write_text
 from .towers import TOWER_ARCHS, arch_config, check_tower, export_state_dict
 from .train import TRAINING_VERSION, PretrainSettings, pretrain
@@ -56,6 +58,7 @@ def cache_identity(settings: PretrainSettings) -> dict:
         "arch": TOWER_ARCHS[settings.tower],
         "arch_config": arch_config(settings.tower),
         "corpus_version": CORPUS_VERSION,
+        "synthcc_generator_version": GENERATOR_VERSION,
         "corpus_spec": json.loads(json.dumps(asdict(get_corpus_spec(settings.corpus)))),
     }
 

@@ -42,6 +42,7 @@ from .captions import (
     describe,
     write_caption,
 )
+from .generator import GENERATOR_VERSION
 from .render import render_image_with_parts
 from .world import (
     CORPUS_CAMERA,
@@ -56,7 +57,8 @@ from .world import (
     stream,
 )
 
-#: bump when a change to the generator or the captions changes any file
+#: bump when a change to the corpus or the captions changes any file (a change to SynthCC's
+#: renderer bumps its GENERATOR_VERSION, which the corpus's manifest records and checks too)
 CORPUS_VERSION = 1
 MANIFEST = "corpus.json"
 IMAGES = "images.npy"
@@ -238,6 +240,7 @@ def generate_corpus(out_dir: str, preset: str, seed: int, workers: Optional[int]
     manifest = {
         "dataset": "SynthCLIP corpus",
         "corpus_version": CORPUS_VERSION,
+        "synthcc_generator_version": GENERATOR_VERSION,
         "preset": preset,
         "seed": seed,
         "spec": asdict(spec),
@@ -284,6 +287,8 @@ def _usable(path: str, preset: str, seed: int) -> bool:
         )
     if manifest.get("corpus_version") != CORPUS_VERSION:
         return False
+    if manifest.get("synthcc_generator_version") != GENERATOR_VERSION:
+        return False  # SynthCC's renderer, which draws the corpus too, has changed
     if manifest.get("spec") != json.loads(json.dumps(asdict(get_corpus_spec(preset)))):
         return False
     missing = [name for name in (IMAGES, SAMPLES) if not os.path.isfile(os.path.join(path, name))]
