@@ -49,6 +49,7 @@ TOWER_ARCHS = {"vit": "synthclip-vit", "rn": "synthclip-rn"}
 
 
 def check_tower(tower: str) -> str:
+    """The architecture of ``tower``, or a clear error."""
     if tower not in TOWER_ARCHS:
         raise ValueError(f"SynthCLIP tower must be one of {sorted(TOWER_ARCHS)}, got '{tower}'")
     return TOWER_ARCHS[tower]
@@ -79,13 +80,10 @@ def _check_geometry(tower: str, image_size: tuple[int, int]) -> tuple[tuple[int,
         raise ValueError(
             f"SynthCLIP '{tower}' pretrains at {image_size}, a {grid[0]}x{grid[1]} grid, which "
             f"does not stretch to the architecture's square {side}x{side} grid by repeating "
-            f"columns: use an image height of {vision_height(tower)} and a width that divides it"
+            f"columns: use an image height of {arch_config(tower)['vision_cfg']['image_size']} "
+            "and a width that divides it"
         )
     return grid, side
-
-
-def vision_height(tower: str) -> int:
-    return arch_config(tower)["vision_cfg"]["image_size"]
 
 
 def build_training_clip(tower: str, image_size: tuple[int, int]) -> nn.Module:
