@@ -28,7 +28,7 @@ from csgn_plugin.pretraining import (
 )
 from csgn_plugin.pretraining import cache as cache_module
 from csgn_plugin.pretraining import train as train_module
-from csgn_plugin.pretraining.probe import colour_precision, retrieval, run_probe
+from csgn_plugin.pretraining.probe import colour_precision, neighbours, retrieval, run_probe
 from csgn_plugin.pretraining.towers import (
     export_state_dict,
     stretch_columns,
@@ -394,3 +394,15 @@ def test_a_kill_9_mid_pretraining_resumes_to_the_uninterrupted_weights(root, tmp
     expected = torch.load(straight)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_image_neighbours_by_hand():
+    # images 0 and 1 are each other's nearest; 2's nearest is 3, 3's nearest is 2
+    images = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]), dim=1
+    )
+    keys = {"top": ["red", "red", "blue", None], "person": [0, 1, 2, 2]}
+    out = neighbours(images, keys)
+    # top: 0->1 red=red, 1->0 yes, 2->3 blue vs None no, 3->2 None never matches
+    assert out["top"] == {"nearest_shares": 0.5, "chance": round(2 / 12, 4)}
+    assert out["person"] == {"nearest_shares": 0.5, "chance": round(2 / 12, 4)}

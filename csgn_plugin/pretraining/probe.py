@@ -6,6 +6,9 @@ On the corpus's held-out images (people and outfits never trained on):
   (text -> image) and each image among all captions (image -> text); recall at 1, 5 and 10, with
   chance (k / N) beside. Other images may fit a caption as well as its own (the same outfit seen
   again, a common colour pair), so these recalls are lower bounds of how well captions match;
+* **image neighbours**: how often an image's nearest other held-out image (cosine) has the same
+  top colour, bottom colour, outfit (another view of it) or person (either outfit), beside
+  chance: whether the image space is organised by clothes or by identity;
 * **colour probe**: a text query per colour and garment ("a person in a red shirt.", "a person in
   red trousers.") ranks the held-out images; precision at k is the fraction of the k best whose
   garment the pixels name that colour (the corpus's attributes), chance is that colour's share of
@@ -80,6 +83,25 @@ def colour_precision(
     }
 
 
+def neighbours(image_emb: torch.Tensor, keys: dict[str, list]) -> dict:
+    """How often an image's nearest other image shares each key (``keys[name][i]``: image i's
+    value; ``None`` matches nothing), beside chance: the share of same-key pairs among all
+    ordered pairs of different images."""
+    sim = image_emb @ image_emb.T
+    sim.fill_diagonal_(float("-inf"))
+    nearest = sim.argmax(dim=1).numpy()
+    n = len(nearest)
+    result = {}
+    for name, values in keys.items():
+        labels = np.array([str(v) if v is not None else f"-{i}" for i, v in enumerate(values)])
+        _, counts = np.unique(labels, return_counts=True)
+        result[name] = {
+            "nearest_shares": round(float(np.mean(labels[nearest] == labels)), 4),
+            "chance": round(float((counts * (counts - 1)).sum() / (n * (n - 1))), 4),
+        }
+    return result
+
+
 def run_probe(encoder: SynthCLIPEncoder, corpus: Corpus, k: int = 20) -> dict[str, Any]:
     """Retrieval and the colour probe of ``encoder`` on the corpus's held-out images."""
     index = corpus.heldout_index
@@ -87,7 +109,18 @@ def run_probe(encoder: SynthCLIPEncoder, corpus: Corpus, k: int = 20) -> dict[st
         raise ValueError(f"the corpus '{corpus.path}' holds no held-out images to probe on")
     images = encoder.encode_images(corpus.images[index])
     texts = encoder.encode_texts([corpus.captions[i] for i in index])
-    result: dict[str, Any] = {"retrieval": retrieval(images, texts), "colour_probe": {}}
+    samples = [corpus.samples[i] for i in index]
+    keys = {
+        "top colour": [s["attributes"]["top_colour"] for s in samples],
+        "bottom colour": [s["attributes"]["bottom_colour"] for s in samples],
+        "outfit": [(s["person"], s["outfit"]) for s in samples],
+        "person": [s["person"] for s in samples],
+    }
+    result: dict[str, Any] = {
+        "retrieval": retrieval(images, texts),
+        "image_neighbours": neighbours(images, keys),
+        "colour_probe": {},
+    }
     for part, template in QUERIES.items():
         queries = encoder.encode_texts([template.format(name) for name in COLOUR_NAMES])
         labels = [corpus.samples[i]["attributes"][f"{part}_colour"] for i in index]
@@ -115,6 +148,13 @@ def format_probe(results: dict[str, dict]) -> str:
             row = f"  {key.replace('_', ' ')} R@{r}".ljust(34)
             row += "".join(f"{results[n]['retrieval'][f'{key}_R@{r}']:>14.3f}" for n in names)
             lines.append(row + f"{first['retrieval'][f'chance_R@{r}']:>10.3f}")
+    lines += ["", "Nearest other held-out image shares the ...", header]
+    for key, stats in first["image_neighbours"].items():
+        row = f"  {key}".ljust(34)
+        row += "".join(
+            f"{results[n]['image_neighbours'][key]['nearest_shares']:>14.3f}" for n in names
+        )
+        lines.append(row + f"{stats['chance']:>10.3f}")
     for part in QUERIES:
         probe = first["colour_probe"][part]
         lines += ["", f"Colour probe, {part}: '{probe['query']}', precision@{k}", header]
