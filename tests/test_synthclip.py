@@ -308,6 +308,10 @@ def test_probe_runs_on_the_held_out_images(corpus, tmp_path):
     assert result["retrieval"]["n"] == 12
     top = result["colour_probe"]["top"]["per_colour"]
     assert sum(v["images"] for v in top.values()) <= 12
+    near = result["image_neighbours"]
+    # 3 held-out people, 2 outfits each, 2 views an outfit: 1 of 11 others is the same outfit
+    assert near["outfit"]["chance"] == round(1 / 11, 4)
+    assert near["person, another outfit"]["chance"] == round(3 / 11 - 1 / 11, 4)
 
 
 def test_default_settings_per_tower():

@@ -7,8 +7,8 @@ On the corpus's held-out images (people and outfits never trained on):
   chance (k / N) beside. Other images may fit a caption as well as its own (the same outfit seen
   again, a common colour pair), so these recalls are lower bounds of how well captions match;
 * **image neighbours**: how often an image's nearest other held-out image (cosine) has the same
-  top colour, bottom colour, outfit (another view of it) or person (either outfit), beside
-  chance: whether the image space is organised by clothes or by identity;
+  top colour, bottom colour, outfit (another view of it), person (either outfit) or person in
+  another outfit, beside chance: whether the image space is organised by clothes or identity;
 * **colour probe**: a text query per colour and garment ("a person in a red shirt.", "a person in
   red trousers.") ranks the held-out images; precision at k is the fraction of the k best whose
   garment the pixels name that colour (the corpus's attributes), chance is that colour's share of
@@ -116,9 +116,14 @@ def run_probe(encoder: SynthCLIPEncoder, corpus: Corpus, k: int = 20) -> dict[st
         "outfit": [(s["person"], s["outfit"]) for s in samples],
         "person": [s["person"] for s in samples],
     }
+    near = neighbours(images, keys)
+    # a neighbour of the same outfit is of the same person: the rest wear another outfit
+    near["person, another outfit"] = {
+        k: round(near["person"][k] - near["outfit"][k], 4) for k in ("nearest_shares", "chance")
+    }
     result: dict[str, Any] = {
         "retrieval": retrieval(images, texts),
-        "image_neighbours": neighbours(images, keys),
+        "image_neighbours": near,
         "colour_probe": {},
     }
     for part, template in QUERIES.items():
