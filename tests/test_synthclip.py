@@ -16,7 +16,11 @@ import torch
 from csgn_plugin.config import get_default_config
 from csgn_plugin.data.synth.corpus import ensure_corpus, load_corpus
 from csgn_plugin.modeling import build_model_from_config
-from csgn_plugin.modeling.clip_towers import load_clip, read_clip_checkpoint
+from csgn_plugin.modeling.clip_weights import (
+    load_clip,
+    read_clip_checkpoint,
+    transformer_activation,
+)
 from csgn_plugin.pretraining import (
     PretrainSettings,
     SynthCLIPEncoder,
@@ -170,24 +174,22 @@ def test_both_formats_load_every_tensor_and_reproduce_the_trained_model(corpus, 
     state = export_state_dict(model, tower, (128, 64))
     arch = f"synthclip-{tower}"
     torch.save(state, tmp_path / "openai.pt")
-    torch.save({"state_dict": state, "quick_gelu": True}, tmp_path / "open_clip.pt")
+    torch.save({"state_dict": state, "epoch": 1}, tmp_path / "open_clip.pt")
     x = torch.randn(3, 3, 128, 64)
     tokens = tokenize(["a person in a red shirt.", "blue trousers.", "someone."], 24)
     with torch.no_grad():
         expected_image, expected_text = model.encode_image(x), model.encode_text(tokens)
-    for name, fmt, gelu in (
-        ("openai.pt", "openai-state-dict", "auto"),
-        ("open_clip.pt", "open_clip", "on"),
-    ):
+    for name, fmt in (("openai.pt", "openai-state-dict"), ("open_clip.pt", "open_clip")):
         path = str(tmp_path / name)
         read, detected = read_clip_checkpoint(path)
         assert detected == fmt and read.keys() == state.keys()
-        loaded = load_clip(arch, path, quick_gelu=gelu).eval()  # refuses any missing tensor
+        loaded = load_clip(arch, path).eval()  # refuses any missing tensor
+        assert transformer_activation(loaded.transformer) == "quick_gelu"  # as trained
         own = loaded.state_dict()
         assert set(own) - {"attn_mask"} == set(state)
         for key, value in state.items():
             assert torch.equal(own[key], value), key
-        encoder = SynthCLIPEncoder(tower, path, quick_gelu=gelu)
+        encoder = SynthCLIPEncoder(tower, path)
         with torch.no_grad():
             torch.testing.assert_close(encoder.image_features(x), expected_image, rtol=0, atol=1e-6)
             torch.testing.assert_close(

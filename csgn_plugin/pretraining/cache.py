@@ -4,7 +4,7 @@
 
     <root>/synthclip/<tower>_<corpus>_seed<corpus_seed>_<key>/
         openai.pt       flat state dict, OpenAI's key names   (clip.vit_weights / resnet_weights)
-        open_clip.pt    {"state_dict": ..., "model_cfg", "quick_gelu": True, "steps"}
+        open_clip.pt    {"state_dict": ..., "name", "model_cfg", "steps"}
         synthclip.json  settings, architecture, corpus, loss summary, wall time
 
 ``key`` hashes everything that decides the weights: the settings, the architecture's config, the
@@ -107,7 +107,6 @@ def _write_entry(
             "state_dict": state,
             "name": f"synthclip-{settings.tower}",
             "model_cfg": arch_config(settings.tower),
-            "quick_gelu": True,
             "steps": settings.steps,
         },
         os.path.join(partial, FORMATS["open_clip"]),
@@ -116,11 +115,7 @@ def _write_entry(
         "identity": cache_identity(settings),
         "arch": arch,
         "pretraining_image_size": list(image_size),
-        "activation": "quick_gelu",
-        "load_with": {
-            "openai.pt": "clip.quick_gelu auto (or on)",
-            "open_clip.pt": "clip.quick_gelu on",
-        },
+        "activation": "quick_gelu (the architecture names it: clip.quick_gelu auto picks it)",
         "corpus": {
             "preset": settings.corpus,
             "seed": settings.corpus_seed,
@@ -147,9 +142,9 @@ def ensure_synthclip(
     the corpus generated) when missing.
 
     ``settings``: default :func:`default_settings` (tower); ``fmt``: ``'openai'`` (flat state
-    dict, loads with ``clip.quick_gelu auto``) or ``'open_clip'`` (``{"state_dict": ...}``,
-    needs ``clip.quick_gelu on``). ``workers``: corpus generation processes;
-    ``checkpoint_every``: steps between two saves of the resumable progress.
+    dict) or ``'open_clip'`` (``{"state_dict": ...}``), both loading with ``clip.quick_gelu
+    auto``; ``workers``: corpus generation processes; ``checkpoint_every``: steps between two
+    saves of the resumable progress.
     """
     if fmt not in FORMATS:
         raise ValueError(f"SynthCLIP format must be one of {sorted(FORMATS)}, got '{fmt}'")

@@ -16,8 +16,8 @@ TINY_ARCHS``). Their native size is square, like OpenAI's, but they pretrain on 
 
 The exported state dict has CLIP's own key names (open_clip kept OpenAI's), so it is OpenAI's flat
 format as it stands; open_clip's checkpoint format wraps it in ``{"state_dict": ...}``. SynthCLIP
-trains with QuickGELU as OpenAI did: ``load_clip``'s ``quick_gelu='auto'`` picks it for the flat
-file; the open_clip-format file needs ``clip.quick_gelu on`` (open_clip checkpoints imply GELU).
+trains with QuickGELU as OpenAI did; the architectures say so (``"quick_gelu": True``), so
+``load_clip``'s ``activation='auto'`` (``clip.quick_gelu auto``) picks it for either file.
 
 :class:`SynthCLIPEncoder` embeds images and texts through the real loading path (``load_clip`` and
 the ReID towers), i.e. exactly what a ReID model built from the weights sees.
@@ -35,14 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.clip_towers import (
-    TINY_ARCHS,
-    ReIDResNet,
-    ReIDViT,
-    load_clip,
-    resize_grid_embedding,
-    resnet_grid,
-)
+from ..modeling.clip_towers import ReIDResNet, ReIDViT, resize_grid_embedding, resnet_grid
+from ..modeling.clip_weights import load_clip
+from ..modeling.tiny_archs import TINY_ARCHS
 
 #: tower name -> architecture (a TINY_ARCHS entry)
 TOWER_ARCHS = {"vit": "synthclip-vit", "rn": "synthclip-rn"}
@@ -87,14 +82,16 @@ def _check_geometry(tower: str, image_size: tuple[int, int]) -> tuple[tuple[int,
 
 
 def build_training_clip(tower: str, image_size: tuple[int, int]) -> nn.Module:
-    """A randomly initialised CLIP of the tower's architecture that takes ``image_size`` (tall)
-    images, with QuickGELU; draws from torch's global generator (seed it first)."""
+    """A randomly initialised CLIP of the tower's architecture (QuickGELU, as the architecture
+    says) that takes ``image_size`` (tall) images; draws from torch's global generator (seed it
+    first)."""
     grid, side = _check_geometry(tower, image_size)
     cfg = arch_config(tower)
+    quick_gelu = cfg.pop("quick_gelu")
     if cfg["vision_cfg"]["patch_size"]:
         cfg["vision_cfg"]["image_size"] = tuple(image_size)
-        return open_clip.CLIP(**cfg, quick_gelu=True)
-    model = open_clip.CLIP(**cfg, quick_gelu=True)
+        return open_clip.CLIP(**cfg, quick_gelu=quick_gelu)
+    model = open_clip.CLIP(**cfg, quick_gelu=quick_gelu)
     pool = model.visual.attnpool
     pool.positional_embedding = nn.Parameter(
         resize_grid_embedding(pool.positional_embedding.data, (side, side), grid, "bilinear")
@@ -140,7 +137,7 @@ ImageBatch = Union[np.ndarray, torch.Tensor]
 class SynthCLIPEncoder(nn.Module):
     """Image and text embeddings of a CLIP weight file, built the way ReID models build them.
 
-    ``weights``: a SynthCLIP file (either format; ``quick_gelu`` as for ``load_clip``). The image
+    ``weights``: a SynthCLIP file (either format; ``activation`` as for ``load_clip``). The image
     tower is ``ReIDViT`` (stride = patch) or ``ReIDResNet`` (last stride 2, attention pool kept)
     at ``image_size``: the features CSGN's prompt stage learns against (``CSGN.
     prompt_image_features``). Images are uint8 (N, H, W, 3) arrays or tensors, normalised here
@@ -154,11 +151,11 @@ class SynthCLIPEncoder(nn.Module):
         image_size: tuple[int, int] = (128, 64),
         norm_mean: Sequence[float] = (0.5, 0.5, 0.5),
         norm_std: Sequence[float] = (0.5, 0.5, 0.5),
-        quick_gelu: str = "auto",
+        activation: str = "auto",
     ) -> None:
         super().__init__()
         arch = check_tower(tower)
-        clip = load_clip(arch, weights, quick_gelu)
+        clip = load_clip(arch, weights, activation)
         vision = TINY_ARCHS[arch]["vision_cfg"]
         if vision["patch_size"]:
             self.image_tower: nn.Module = ReIDViT(clip.visual, image_size, vision["patch_size"])
