@@ -17,23 +17,17 @@ metadata, and the manifest holds no time.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import operator
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 
+from .atomic_dir import build_into_place, exclusive_lock, lock_path
 from .presets import get_preset
 from .render import render_image
 from .world import IMAGE, World, build_world, stream
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: generation still works, without a cross-process lock
-    fcntl = None
 
 #: bump when a change to the generator changes any file; older trees are then regenerated
 GENERATOR_VERSION = 2
@@ -169,19 +163,6 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
     return {**stats, "seconds": time.perf_counter() - start}
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path``; the OS releases it if the process dies."""
-    with open(lock_path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _read_manifest(dataset_dir: str) -> dict | None:
     try:
         with open(os.path.join(dataset_dir, MANIFEST), encoding="ascii") as f:
@@ -254,9 +235,7 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
     dataset_dir = synthcc_dir(root, preset, seed)
     if _usable(dataset_dir, preset, seed):
         return dataset_dir
-    parent, name = os.path.split(dataset_dir)
-    os.makedirs(parent, exist_ok=True)
-    with _exclusive(os.path.join(parent, f".{name}.lock")):
+    with exclusive_lock(lock_path(dataset_dir)):
         if _usable(dataset_dir, preset, seed):  # another process finished it while we waited
             return dataset_dir
         if os.path.exists(dataset_dir):
@@ -265,18 +244,8 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
                 "regenerating"
             )
             shutil.rmtree(dataset_dir)
-        # we hold the lock, so any temporary folder left here is from a run that died
-        for entry in os.listdir(parent):
-            if entry.startswith(f".{name}.tmp-"):
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        tmp_dir = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
         print(f"SynthCC: generating preset '{preset}' seed {seed} into '{dataset_dir}' ...")
-        try:
-            stats = generate_synthcc(tmp_dir, preset, seed)
-            os.replace(tmp_dir, dataset_dir)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
+        stats = build_into_place(dataset_dir, lambda tmp: generate_synthcc(tmp, preset, seed))
     print(
         f"SynthCC: generated {stats['total_images']} images ({stats['train']['ids']} train ids, "
         f"{stats['query']['ids']} test ids) in {stats['seconds']:.1f} s"

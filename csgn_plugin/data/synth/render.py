@@ -3,13 +3,16 @@
 The person is drawn at twice the output resolution into a label map (skin, hair, top, bottom,
 shoes, head accessory, bag, dark details) with PIL's ImageDraw, painted with numpy (colours, clothes
 patterns, shading), reduced by averaging (anti-aliased edges) and composited over the camera's
-background; the camera then applies light, colour cast, blur and noise.
+background; the camera then applies light, colour cast, blur and noise. The same label map, reduced
+to the output pixels (``render_image_with_parts``), says which rendered pixels show which part, so
+a caption can name the colour a garment actually has in the image.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -18,6 +21,9 @@ from .world import CameraSpec, IdentitySpec, OutfitSpec
 
 # labels of the person map (0 = not the person)
 BACKGROUND, SKIN, HAIR, TOP, BOTTOM, SHOES, ACCESSORY, DARK, BAG = range(9)
+# extra labels of a part map (render_image_with_parts): a garment's second (pattern) colour, and
+# output pixels whose supersampled block holds more than one label (edges)
+TOP_PATTERN, BOTTOM_PATTERN, MIXED = 9, 10, 255
 SUPERSAMPLE = 2
 _DARK: tuple = (0.05, 0.05, 0.06)
 
@@ -237,7 +243,17 @@ def paint_person(
     identity: IdentitySpec, outfit: OutfitSpec, camera: CameraSpec, pose: Pose, canvas: tuple
 ) -> tuple[np.ndarray, np.ndarray]:
     """Premultiplied RGB and alpha of the person at output resolution, float32 in [0, 1]."""
+    rgb, alpha, _ = _paint(identity, outfit, camera, pose, canvas)
+    return rgb, alpha
+
+
+def _paint(
+    identity: IdentitySpec, outfit: OutfitSpec, camera: CameraSpec, pose: Pose, canvas: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`paint_person`'s RGB and alpha, and the canvas-resolution label map with the
+    garments' pattern pixels relabelled TOP_PATTERN / BOTTOM_PATTERN."""
     labels = draw_labels(identity, outfit, pose, canvas)
+    parts = labels.copy()
     palette = np.array(
         [
             (0.0, 0.0, 0.0),
@@ -254,10 +270,11 @@ def paint_person(
     )
     rgb = palette[labels]
     top = pose.feet_y - pose.height
-    for label, kind, second, period in (
-        (TOP, outfit.top_pattern, outfit.top_pattern_colour, outfit.pattern_period),
+    for label, pattern_label, kind, second, period in (
+        (TOP, TOP_PATTERN, outfit.top_pattern, outfit.top_pattern_colour, outfit.pattern_period),
         (
             BOTTOM,
+            BOTTOM_PATTERN,
             "checks" if outfit.bottom_checked else "solid",
             tuple(0.55 * c for c in outfit.bottom),
             1.3 * outfit.pattern_period,
@@ -269,12 +286,25 @@ def paint_person(
         u, v = (xs - pose.centre_x) / pose.height, (ys - top) / pose.height
         hit = _pattern(kind, u, v, period)
         rgb[ys[hit], xs[hit]] = second
+        parts[ys[hit], xs[hit]] = pattern_label
     # a rounded body lit from one side
     u = np.clip((np.arange(canvas[1]) - pose.centre_x) / (0.2 * pose.height), -1.6, 1.6)
     shade = 1.0 + 0.2 * camera.light_side * u - 0.18 * u * u
     alpha = (labels > 0).astype(np.float32)
     rgb *= (shade[None, :] * alpha)[..., None]
-    return _reduce(rgb), _reduce(alpha)
+    return _reduce(rgb), _reduce(alpha), parts
+
+
+def _reduce_parts(parts: np.ndarray) -> np.ndarray:
+    """Output-resolution part map: a block's label where all its canvas pixels agree, else
+    MIXED."""
+    s = SUPERSAMPLE
+    first = parts[::s, ::s]
+    uniform = np.ones(first.shape, dtype=bool)
+    for i in range(s):
+        for j in range(s):
+            uniform &= parts[i::s, j::s] == first
+    return np.where(uniform, first, MIXED).astype(np.uint8)
 
 
 def _reduce(canvas: np.ndarray) -> np.ndarray:
@@ -323,6 +353,30 @@ def render_image(
 ) -> Image.Image:
     """One RGB image of ``size`` = (height, width). The draws from ``rng`` do not depend on the
     outfit, so the same stream shows the same pose and scene whatever the person wears."""
+    return _render(identity, outfit, camera, rng, size, with_parts=False)[0]
+
+
+def render_image_with_parts(
+    identity: IdentitySpec,
+    outfit: OutfitSpec,
+    camera: CameraSpec,
+    rng: np.random.Generator,
+    size: tuple,
+) -> tuple[Image.Image, np.ndarray]:
+    """:func:`render_image`'s image (the same pixels for the same stream) and its part map:
+    uint8 (height, width) of the labels above (0 background, SKIN ... BAG, TOP_PATTERN,
+    BOTTOM_PATTERN, MIXED at edges), so a garment's rendered pixels can be found."""
+    return _render(identity, outfit, camera, rng, size, with_parts=True)
+
+
+def _render(
+    identity: IdentitySpec,
+    outfit: OutfitSpec,
+    camera: CameraSpec,
+    rng: np.random.Generator,
+    size: tuple,
+    with_parts: bool,
+) -> tuple[Image.Image, Optional[np.ndarray]]:
     pose = sample_pose(camera, rng, size)
     background = render_background(camera, rng, size)
     gain = camera.brightness * rng.uniform(0.92, 1.08)
@@ -330,11 +384,12 @@ def render_image(
     noise = rng.normal(0.0, camera.noise, (size[0], size[1], 3))
 
     canvas = (size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE)
-    person, alpha = paint_person(identity, outfit, camera, pose, canvas)
+    person, alpha, parts = _paint(identity, outfit, camera, pose, canvas)
     img = background * (1.0 - alpha[..., None]) + person
     img = img * (gain * np.asarray(camera.cast, dtype=np.float32))
     pil = Image.fromarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
     if sigma > 0.2:
         pil = pil.filter(ImageFilter.GaussianBlur(radius=sigma))
     noisy = np.asarray(pil, dtype=np.float32) + noise * 255.0
-    return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8), "RGB")
+    img = Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return img, (_reduce_parts(parts) if with_parts else None)

@@ -28,6 +28,11 @@ Colour = tuple[float, float, float]  # RGB in [0, 1]
 
 # stream kinds (the second entropy word of every sub-seed)
 SPLIT, IDENTITY, PLAN, OUTFIT, POOL, CAMERA, IMAGE, POOL_CHOICE = range(8)
+# the captioned corpus's kinds (corpus.py): its own, so its people, outfits and scenes are never
+# SynthCC's, whatever the two seeds
+CORPUS_PERSON, CORPUS_OUTFIT, CORPUS_CAMERA, CORPUS_VIEW, CORPUS_IMAGE, CORPUS_CAPTION = range(
+    100, 106
+)
 
 HAIR_STYLES = ("short", "long", "ponytail", "bun", "curly", "bald")
 BAGS = ("none", "backpack", "shoulder_bag")
@@ -181,7 +186,12 @@ def _hair_colour(rng: np.random.Generator) -> Colour:
 
 
 def sample_identity(seed: int, pid: int) -> IdentitySpec:
-    rng = stream(seed, IDENTITY, pid)
+    return identity_from(stream(seed, IDENTITY, pid), pid)
+
+
+def identity_from(rng: np.random.Generator, pid: int) -> IdentitySpec:
+    """A person drawn from ``rng`` (other worlds, such as the captioned corpus, bring their own
+    streams)."""
     tone = rng.uniform(0.0, 1.0)
     skin = tuple(float(a + tone * (b - a)) for a, b in zip(_SKIN_LIGHT, _SKIN_DARK))
     return IdentitySpec(
@@ -220,7 +230,11 @@ def sample_outfit(rng: np.random.Generator) -> OutfitSpec:
 
 
 def sample_camera(seed: int, camera: int) -> CameraSpec:
-    rng = stream(seed, CAMERA, camera)
+    return camera_from(stream(seed, CAMERA, camera), camera)
+
+
+def camera_from(rng: np.random.Generator, camera: int) -> CameraSpec:
+    """A camera drawn from ``rng``."""
     cast = rng.uniform(0.82, 1.18, 3)
     cast = cast / cast.mean()  # a tint, not a brightness change
     return CameraSpec(

@@ -1,0 +1,62 @@
+"""Folders that appear complete or not at all: built under a lock in a hidden sibling, renamed.
+
+Generated data (a SynthCC tree, the captioned corpus) is built into ``.<name>.tmp-<pid>`` next to
+its final place and renamed when complete, while an exclusive lock on ``.<name>.lock`` is held: a
+killed build never leaves a folder that looks finished, and two processes asking at once build it
+once. The OS drops the lock of a process that dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Callable, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: building still works, without a cross-process lock
+    fcntl = None
+
+T = TypeVar("T")
+
+
+def lock_path(target_dir: str) -> str:
+    """The lock file that guards ``target_dir``: ``.<name>.lock`` beside it."""
+    parent, name = os.path.split(os.path.abspath(target_dir))
+    return os.path.join(parent, f".{name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing); released if the process dies."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_into_place(target_dir: str, build: Callable[[str], T]) -> T:
+    """``build(tmp_dir)`` into a fresh hidden sibling of ``target_dir`` (absent), then rename it
+    to ``target_dir``; returns what ``build`` returned. The caller holds
+    ``exclusive_lock(lock_path(target_dir))``, so temporary folders found here belong to runs that
+    died and are removed first; on any failure the temporary folder is removed too."""
+    parent, name = os.path.split(os.path.abspath(target_dir))
+    os.makedirs(parent, exist_ok=True)
+    for entry in os.listdir(parent):
+        if entry.startswith(f".{name}.tmp-"):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    tmp_dir = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    try:
+        result = build(tmp_dir)
+        os.replace(tmp_dir, target_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return result
