@@ -27,6 +27,7 @@ from .evaluation.evaluator import EvaluationOptions, Evaluator
 from .losses.objective import CLIPReIDObjective, Objective, TorchreidObjective, recipe_of
 from .modeling import CSGN, MODEL_PRESETS, CSGNConfig
 from .modeling.spec import ModelSpec, input_spec, model_spec_for
+from .pretraining import ensure_synthclip_towers
 from .runtime import Runtime
 
 
@@ -163,6 +164,45 @@ def clip_model_factory(name: str) -> Callable[..., CSGN]:
 
 
 CLIP_MODEL_FACTORIES = {name: clip_model_factory(name) for name in MODEL_PRESETS}
+
+
+# clip.vit_weights / clip.resnet_weights value: the CLIP pretrained here on the SynthCC world
+SYNTHCLIP = "synthclip"
+_SYNTHCLIP_TOWERS = (("vit_weights", "vit_arch", "vit"), ("resnet_weights", "resnet_arch", "rn"))
+
+
+def synthclip_towers(cfg: CfgNode) -> dict[str, str]:
+    """``{tower: weights key}`` of the towers the model takes from SynthCLIP: those whose weights
+    are 'synthclip' and that ``cfg.model.name`` builds (with ``model.pretrained``)."""
+    if not cfg.model.pretrained or cfg.model.name not in MODEL_PRESETS:
+        return {}
+    preset = MODEL_PRESETS[cfg.model.name]
+    towers = {}
+    for weights_key, arch_key, tower in _SYNTHCLIP_TOWERS:
+        arch = preset.get(arch_key, cfg.clip[arch_key])
+        if arch_key == "resnet_arch" and not cfg.csgn.use_resnet:
+            arch = ""
+        if arch and cfg.clip[weights_key] == SYNTHCLIP:
+            towers[tower] = weights_key
+    return towers
+
+
+def resolve_synthclip(cfg: CfgNode) -> tuple[CfgNode, dict[str, str]]:
+    """``cfg`` with every 'synthclip' weight replaced by its cached file under ``data.root``
+    (pretrained there on first use: corpus, then one process per tower); returns the new config
+    and ``{config key: file}``."""
+    towers = synthclip_towers(cfg)
+    if not towers:
+        return cfg, {}
+    paths = ensure_synthclip_towers(cfg.data.root, towers=tuple(towers))
+    new = cfg.clone()
+    new.defrost()
+    resolved = {}
+    for tower, weights_key in towers.items():
+        new.clip[weights_key] = paths[tower]
+        resolved[f"clip.{weights_key}"] = paths[tower]
+    new.freeze()
+    return new, resolved
 
 
 def build_clip_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0) -> CSGN:

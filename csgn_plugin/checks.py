@@ -195,6 +195,16 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
             f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
             f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
         )
+    for weights_key, arch_key, tower in (
+        ("vit_weights", "vit_arch", "synthclip-vit"),
+        ("resnet_weights", "resnet_arch", "synthclip-rn"),
+    ):
+        synthclip = cfg.model.pretrained and cfg.clip[weights_key] == "synthclip"
+        if synthclip and cfg.clip[arch_key] != tower:
+            raise ConfigError(
+                f"clip.{weights_key} 'synthclip' is pretrained for clip.{arch_key} '{tower}', "
+                f"not '{cfg.clip[arch_key]}'"
+            )
     if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
         raise ValueError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
     if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":

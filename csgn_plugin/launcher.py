@@ -161,6 +161,10 @@ def _run(
         torch.backends.cudnn.allow_tf32 = True
 
     runtime = builders.build_runtime(cfg, use_gpu, rank, world_size)
+    if spec is None:
+        cfg, resolved = builders.resolve_synthclip(cfg)
+        for key, path in resolved.items():
+            log(f"=> {key}: SynthCLIP weights '{path}'")
     datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
     checks.check_data(cfg, datamanager)
     if spec is not None:

@@ -25,8 +25,11 @@ COMMON = [
     "train.print_freq", "2", "test.eval_freq", "-1", "test.visrank", "False",
     "runtime.plot", "False", "runtime.device", "cpu",
 ]  # fmt: skip
-# tiny CSGN, both stages: 3 prompt epochs, then 2 epochs of 4 and 5 steps
+# tiny CSGN from random towers (the main job's SynthCLIP pretraining takes minutes), both
+# stages: 3 prompt epochs, then 2 epochs of 4 and 5 steps
 CSGN = [
+    "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit",
+    "clip.resnet_arch", "csgn-tiny-rn",
     "stage1.max_epoch", "3", "stage1.batch_size", "16", "stage1.warmup_epochs", "1",
     "stage1.print_freq", "1", "train.warmup_epochs", "0",
 ]  # fmt: skip

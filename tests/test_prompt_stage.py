@@ -11,12 +11,17 @@ from csgn_plugin.config import load_config
 from csgn_plugin.losses import MutualLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# random tiny towers instead of the main job's SynthCLIP (which pretrains for minutes)
+TINY = [
+    "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit",
+    "clip.resnet_arch", "csgn-tiny-rn",
+]  # fmt: skip
 
 
 def test_one_text_pass_per_identity_gives_the_per_sample_loss_and_gradients():
     cfg = load_config(
         os.path.join(ROOT, "configs", "csgn_synthcc.yaml"),
-        ["data.height", "64", "data.width", "32", "stage1.cross_modal_weight", "0.5"],
+        ["data.height", "64", "data.width", "32", "stage1.cross_modal_weight", "0.5", *TINY],
     )
     model = build_model_from_config(cfg, num_classes=6, num_cameras=2)
     model.set_stage(1)

@@ -29,7 +29,7 @@ def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     assert all(0 <= r["mean"] <= 100 and r["std"] == 0 for r in rows)  # one seed: no spread
     assert (tmp_path / "study" / "study.png").stat().st_size > 0
     per_run = tmp_path / "study" / "runs" / "tiny" / "csgn_no_resnet" / "seed0" / "metrics.json"
-    assert set(json.loads(per_run.read_text())) == {"general", "cc", "sc"}
+    assert set(json.loads(per_run.read_text())) == {"general", "cc", "sc", "seconds"}
     # a finished run is reused only under the very config it was made with
     sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
     import study
@@ -41,6 +41,24 @@ def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     assert study.finished_metrics(run_dir, saved) == json.loads(per_run.read_text())
     changed = saved.replace("max_epoch: 1\n", "max_epoch: 2\n")
     assert changed != saved and study.finished_metrics(run_dir, changed) is None
+
+
+def test_paired_difference_has_a_t_interval_computed_by_hand():
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import study
+
+    def run(cc_r1):
+        return {"cc": {"r1": cc_r1, "mAP": 0.0}}
+
+    runs = {
+        ("p", "a"): [run(0.30), run(0.40), run(0.35)],
+        ("p", "b"): [run(0.20), run(0.20), run(0.30)],
+    }
+    mean, low, high, n = study.paired_difference(runs, "p", "a", "b", "cc", "r1")
+    # differences 10, 20, 5 points: mean 11.67, sample sd 7.64, t(0.975, 2) = 4.303
+    assert n == 3 and mean == pytest.approx(35 / 3)
+    half = 4.302653 * 7.637626 / 3**0.5
+    assert (low, high) == pytest.approx((35 / 3 - half, 35 / 3 + half), abs=1e-3)
 
 
 def test_chance_row_matches_the_expected_rank1_of_a_random_ranking(tmp_path):

@@ -20,13 +20,18 @@ from csgn_plugin.config import load_config
 from csgn_plugin.engine.stages import StageContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# random tiny towers instead of the main job's SynthCLIP (which pretrains for minutes)
+TINY = [
+    "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit",
+    "clip.resnet_arch", "csgn-tiny-rn",
+]  # fmt: skip
 NUM_IDS = 4
 
 
 def csgn_cfg(*opts):
     return load_config(
         os.path.join(ROOT, "configs", "csgn_synthcc.yaml"),
-        ["data.height", "64", "data.width", "32", "runtime.device", "cpu", *opts],
+        ["data.height", "64", "data.width", "32", "runtime.device", "cpu", *TINY, *opts],
     )
 
 

@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
-from csgn_plugin.engine.checkpoint import atomic_save  # noqa: E402
+from csgn_plugin.fileio import atomic_save  # noqa: E402
 from csgn_plugin.modeling.clipreid_format import (  # noqa: E402
     clipreid_model_spec,
     convert_clipreid_state_dict,

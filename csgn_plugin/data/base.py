@@ -21,6 +21,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..compat import torchreid_api
+from ..progress import get_logger
 from .image_io import ImageReadError, read_image
 
 tr = torchreid_api()
@@ -95,7 +96,7 @@ def report_unparsed(name: str, unparsed: Sequence[str], policy: str, expected: s
         )
     if policy != "skip":
         raise ValueError(f"cc_data.name_policy must be 'fail' or 'skip', got '{policy}'")
-    print(f"Warning: {msg}; skipped")
+    get_logger().warning(f"Warning: {msg}; skipped")
 
 
 _PARSE_CACHE: dict = {}
@@ -264,8 +265,8 @@ class ClothesImageDataset(ClothesDatasetMixin, tr.data.ImageDataset):
         )
 
     def show_summary(self) -> None:
-        print(f"=> Loaded {type(self).__name__}")
-        print(format_statistics(self.train, self.query, self.gallery))
+        get_logger().info(f"=> Loaded {type(self).__name__}")
+        get_logger().info(format_statistics(self.train, self.query, self.gallery))
 
 
 def split_statistics(data: Sequence[Item]) -> dict:

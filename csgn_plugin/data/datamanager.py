@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
+from ..progress import get_logger
 from .samplers import EpochSampler, SeededDataset, build_sampler
 from .transforms import build_transforms, describe
 
@@ -83,8 +84,8 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
             pad_crop_padding=pad_crop_padding,
         )
         self.use_gpu = torch.cuda.is_available() and use_gpu
-        print(f"=> Train transforms: {describe(self.transform_tr)}")
-        print(f"=> Test transforms: {describe(self.transform_te)}")
+        get_logger().info(f"=> Train transforms: {describe(self.transform_tr)}")
+        get_logger().info(f"=> Test transforms: {describe(self.transform_te)}")
         if data_type not in ("image", "video"):
             raise ValueError(f"data.type must be 'image' or 'video', got '{data_type}'")
         self.data_type = data_type
@@ -103,7 +104,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         if data_type == "video":
             common.update(seq_len=seq_len, sample_method=sample_method)
 
-        print("=> Loading train (source) dataset")
+        get_logger().info("=> Loading train (source) dataset")
         trainset = sum(
             self._init_dataset(name, transform=self.transform_tr, mode="train", **common)
             for name in self.sources
@@ -132,7 +133,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
                 **self._loader_kwargs,
             )
 
-        print("=> Loading test (target) dataset")
+        get_logger().info("=> Loading test (target) dataset")
         self.test_loader: dict[str, dict[str, DataLoader]] = {}
         self.test_dataset: dict[str, dict[str, list]] = {}
         self.protocols: dict[str, tuple[str, ...]] = {}
@@ -180,12 +181,12 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         return DataLoader(plain, batch_size=batch_size, shuffle=False, **self._loader_kwargs)
 
     def _print_summary(self, trainset: Any) -> None:
-        print("\n  **************** Summary ****************")
-        print(f"  source            : {self.sources}")
-        print(f"  # source datasets : {len(self.sources)}")
-        print(f"  # source ids      : {self.num_train_pids}")
-        print(f"  # source images   : {len(trainset)}")
-        print(f"  # source cameras  : {self.num_train_cams}")
-        print(f"  # source outfits  : {self.num_train_clothes}")
-        print(f"  target            : {self.targets}")
-        print("  *****************************************\n")
+        get_logger().info("\n  **************** Summary ****************")
+        get_logger().info(f"  source            : {self.sources}")
+        get_logger().info(f"  # source datasets : {len(self.sources)}")
+        get_logger().info(f"  # source ids      : {self.num_train_pids}")
+        get_logger().info(f"  # source images   : {len(trainset)}")
+        get_logger().info(f"  # source cameras  : {self.num_train_cams}")
+        get_logger().info(f"  # source outfits  : {self.num_train_clothes}")
+        get_logger().info(f"  target            : {self.targets}")
+        get_logger().info("  *****************************************\n")

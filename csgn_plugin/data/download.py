@@ -51,6 +51,7 @@ import gdown
 import requests
 import torch
 
+from ..progress import get_logger
 from .base import DatasetLayoutError
 from .check import check_dataset, dataset_class
 
@@ -290,7 +291,7 @@ def _fetch_model(item: Item, root: str, given: str | None, quiet: bool) -> str:
     final = os.path.join(root, "clipreid", f"{item.name}.pth")
     if given is None:
         if os.path.isfile(final):
-            print(f"{item.name}: '{final}' is already there; nothing fetched")
+            get_logger().info(f"{item.name}: '{final}' is already there; nothing fetched")
             return final
         _obtain(item, root, final, verify_torch_file, quiet)
     else:
@@ -298,7 +299,7 @@ def _fetch_model(item: Item, root: str, given: str | None, quiet: bool) -> str:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         shutil.copyfile(given, final + ".download")
         os.replace(final + ".download", final)
-    print(f"{item.name}: {item.title} at '{final}'")
+    get_logger().info(f"{item.name}: {item.title} at '{final}'")
     return final
 
 
@@ -306,7 +307,7 @@ def _fetch_dataset(item: Item, root: str, given: str | None, check: bool, quiet:
     folder = dataset_class(item.dataset).dataset_dir
     target = os.path.join(root, folder)
     if os.path.isdir(target):
-        print(f"{item.name}: '{target}' is already there; nothing fetched or extracted")
+        get_logger().info(f"{item.name}: '{target}' is already there; nothing fetched or extracted")
     else:
         final = os.path.join(root, "archives", f"{item.name}.archive")
 
@@ -316,16 +317,20 @@ def _fetch_dataset(item: Item, root: str, given: str | None, check: bool, quiet:
         path, layout = (
             (given, verify(given)) if given else _obtain(item, root, final, verify, quiet)
         )
-        print(f"{item.name}: extracting '{path}' ({layout.members} entries) into '{target}'")
+        get_logger().info(
+            f"{item.name}: extracting '{path}' ({layout.members} entries) into '{target}'"
+        )
         extract_archive(path, layout, root, folder)
         if given is None:
-            print(f"{item.name}: the archive '{path}' is no longer needed; delete it to save space")
+            get_logger().info(
+                f"{item.name}: the archive '{path}' is no longer needed; delete it to save space"
+            )
     if check:
         try:
             report = check_dataset(item.dataset, root)
         except DatasetLayoutError as exc:
             raise FetchError(f"{item.name}: '{target}' does not pass the check: {exc}") from exc
-        print("\n".join(report.lines()))
+        get_logger().info("\n".join(report.lines()))
     return target
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..compat import torchreid_api
+from ..progress import get_logger
 from .base import ClothesDatasetMixin, DatasetLayoutError, Item, format_statistics
 from .image_io import read_image
 
@@ -175,5 +176,7 @@ class ClothesVideoDataset(ClothesDatasetMixin, tr.data.VideoDataset):
         )
 
     def show_summary(self) -> None:
-        print(f"=> Loaded {type(self).__name__} (items are tracklets, before chunks and clips)")
-        print(format_statistics(self.train, self.query, self.gallery))
+        get_logger().info(
+            f"=> Loaded {type(self).__name__} (items are tracklets, before chunks and clips)"
+        )
+        get_logger().info(format_statistics(self.train, self.query, self.gallery))

@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 from ..data.synth.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
 from ..data.synth.generator import GENERATOR_VERSION
-from ..engine.checkpoint import atomic_save, atomic_write_text
+from ..fileio import atomic_save, atomic_write_text
+from ..progress import get_logger
 from .towers import TOWER_ARCHS, arch_config, check_tower, export_state_dict
 from .train import TRAINING_VERSION, PretrainSettings, pretrain
 
@@ -135,7 +136,7 @@ def ensure_synthclip(
     fmt: str = "openai",
     workers: Optional[int] = None,
     progress_bar: Optional[bool] = None,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
     checkpoint_every: int = 100,
 ) -> str:
     """The SynthCLIP weight file of ``tower`` ('vit' or 'rn') under ``root``, pretrained (and
@@ -146,6 +147,7 @@ def ensure_synthclip(
     auto``; ``workers``: corpus generation processes; ``checkpoint_every``: steps between two
     saves of the resumable progress.
     """
+    log = log or get_logger().info
     if fmt not in FORMATS:
         raise ValueError(f"SynthCLIP format must be one of {sorted(FORMATS)}, got '{fmt}'")
     settings = settings or default_settings(tower)
@@ -194,7 +196,7 @@ def ensure_synthclip_towers(
     settings: Optional[dict[str, PretrainSettings]] = None,
     parallel: bool = True,
     workers: Optional[int] = None,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
     checkpoint_every: int = 100,
 ) -> dict[str, str]:
     """:func:`ensure_synthclip` for several towers: ``{tower: openai-format weight file}``.
@@ -203,6 +205,7 @@ def ensure_synthclip_towers(
     single-threaded process each (``parallel``), or one after the other. ``settings``: per tower,
     default :func:`default_settings`.
     """
+    log = log or get_logger().info
     chosen = {tower: (settings or {}).get(tower) or default_settings(tower) for tower in towers}
     for s in chosen.values():
         ensure_corpus(root, s.corpus, s.corpus_seed, workers)

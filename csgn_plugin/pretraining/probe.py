@@ -27,7 +27,8 @@ import torch
 
 from ..data.synth.captions import COLOUR_NAMES
 from ..data.synth.corpus import Corpus, ensure_corpus, load_corpus
-from ..engine.checkpoint import atomic_write_text
+from ..fileio import atomic_write_text
+from ..progress import get_logger
 from .towers import SynthCLIPEncoder
 from .train import PretrainSettings
 
@@ -198,10 +199,10 @@ def probe_weights(
         )
         results[name] = run_probe(encoder, corpus, k)
     table = format_probe(results)
-    print(table)
+    get_logger().info(table)
     os.makedirs(out_dir, exist_ok=True)
     record = {"weights": weights, "corpus": corpus.path, "k": k, "results": results}
     atomic_write_text(os.path.join(out_dir, "probe.json"), json.dumps(record, indent=2) + "\n")
     atomic_write_text(os.path.join(out_dir, "probe.txt"), table + "\n")
-    print(f"written: {os.path.join(out_dir, 'probe.json')} and probe.txt")
+    get_logger().info(f"written: {os.path.join(out_dir, 'probe.json')} and probe.txt")
     return results

@@ -30,7 +30,8 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from ..data.synth.corpus import Corpus
-from ..engine.checkpoint import atomic_save, fault_point
+from ..fileio import atomic_save, fault_point
+from ..progress import get_logger
 from .towers import build_training_clip, check_tower, tokenize
 
 PROGRESS = "progress.pt"
@@ -195,7 +196,7 @@ def pretrain(
     checkpoint_every: int = 100,
     log_every: int = 50,
     progress_bar: Optional[bool] = None,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
     threads: int = 1,
 ) -> PretrainResult:
     """Train one tower on the corpus's training split, resuming from ``work_dir/progress.pt``.
@@ -206,6 +207,7 @@ def pretrain(
     then does not depend on the machine's core count, and two towers train side by side in two
     processes (``cache.ensure_synthclip_towers``), which uses two cores better than two threads.
     """
+    log = log or get_logger().info
     if checkpoint_every < 1 or log_every < 1 or threads < 1:
         raise ValueError("checkpoint_every, log_every and threads must be >= 1")
     previous = torch.get_num_threads()

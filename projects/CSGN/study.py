@@ -1,12 +1,16 @@
-"""Clothes-changing accuracy study on SynthCC: baselines, tiny CLIP-ReID, tiny CSGN, its ablations.
+"""Clothes-changing accuracy study on SynthCC (v2): the CLIP models from SynthCLIP beside
+random towers, CSGN's ablations and choices, a torchreid baseline.
 
-Every run goes through the same launcher as ``tools/train.py``; each (preset, variant, seed) is
-one run whose metrics are stored in ``<out>/runs/.../metrics.json`` (an interrupted study skips
-the runs it already has). The summary is mean +- std over seeds of R1 and mAP under the general,
-CC and SC protocols, as ``<out>/study.{json,md,png}``.
+Every run goes through the same launcher as ``tools/train.py`` with the main job's config
+(``configs/csgn_synthcc.yaml``: tiny CLIP towers at 128x64, SynthCLIP weights); each (preset,
+variant, seed) is one run whose metrics are stored in ``<out>/runs/.../metrics.json`` (an
+interrupted study skips the runs it already has). Variants ending in ``@random`` start from
+random towers instead of SynthCLIP. The summary is mean +- std over seeds of R1 and mAP under
+the general, CC and SC protocols, and, for the questions in :data:`QUESTIONS`, the paired
+difference over the same seeds with a 95% t-interval, as ``<out>/study.{json,md,png}``.
 
-    python projects/CSGN/study.py          # default + hard, 2 seeds, 20 + 12 epochs, in parallel
-    python projects/CSGN/study.py --smoke   # one tiny run per variant, a minute on a CPU
+    python projects/CSGN/study.py          # default + hard, 5 seeds, in parallel
+    python projects/CSGN/study.py --smoke   # one tiny run per variant, random towers
 """
 
 import argparse
@@ -17,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -30,20 +35,46 @@ from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
 from csgn_plugin.engine.checkpoint import config_differences  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 from csgn_plugin.launcher import main as launch  # noqa: E402
+from csgn_plugin.pretraining import ensure_synthclip_towers  # noqa: E402
 
 CSGN = os.path.join(ROOT, "configs", "csgn_synthcc.yaml")
 OSNET = os.path.join(ROOT, "configs", "synthcc_osnet.yaml")
-# name -> (config file, overrides): method.md section 2's ablations, and the baselines
+RANDOM = ["model.pretrained", "False"]  # the '@random' arm: the same model from random towers
+CLIPREID = ["loss.hsf.gray_weight", "0.0"]
+# name -> (config file, overrides): METHOD.md's ablations, CSGN's own choices, the baselines
 VARIANTS = {
     "osnet_x0_25": (OSNET, []),
-    "clipreid_vitb16": (CSGN, ["model.name", "clipreid_vitb16", "loss.hsf.gray_weight", "0.0"]),
+    "clipreid_vitb16": (CSGN, ["model.name", "clipreid_vitb16", *CLIPREID]),
+    "clipreid_rn50": (CSGN, ["model.name", "clipreid_rn50", *CLIPREID]),
     "csgn": (CSGN, []),
     "csgn_no_gray_prompts": (CSGN, ["csgn.modalities", "['rgb']", "loss.hsf.gray_weight", "0.0"]),
     "csgn_no_resnet": (CSGN, ["csgn.use_resnet", "False"]),
     "csgn_hsf_rgb_only": (CSGN, ["loss.hsf.gray_weight", "0.0"]),
     "csgn_fusion_sum": (CSGN, ["csgn.fusion", "sum"]),
     "csgn_fusion_cross_attn": (CSGN, ["csgn.fusion", "cross_attn"]),
+    "csgn_cross_modal": (CSGN, ["stage1.cross_modal_weight", "0.5"]),
+    "csgn_vit_lr_0.1": (CSGN, ["csgn.vit_lr_factor", "0.1"]),
+    "csgn_fusion_init": (CSGN, ["csgn.fusion_init_std", "0.01"]),
+    "csgn_part_norm": (CSGN, ["csgn.test_part_norm", "True"]),
 }
+# the random-tower arm of the variants the questions compare
+for _name in ("clipreid_vitb16", "clipreid_rn50", "csgn", "csgn_no_gray_prompts"):
+    VARIANTS[f"{_name}@random"] = (CSGN, [*VARIANTS[_name][1], *RANDOM])
+# (question, variant A, variant B): the paired difference A - B over the same seeds
+QUESTIONS = [
+    ("grayscale prompts (SynthCLIP)", "csgn", "csgn_no_gray_prompts"),
+    ("grayscale prompts (random towers)", "csgn@random", "csgn_no_gray_prompts@random"),
+    ("CSGN vs CLIP-ReID ViT (SynthCLIP)", "csgn", "clipreid_vitb16"),
+    ("CSGN vs CLIP-ReID RN50 (SynthCLIP)", "csgn", "clipreid_rn50"),
+    ("SynthCLIP vs random towers (CSGN)", "csgn", "csgn@random"),
+    ("HSF gray term", "csgn", "csgn_hsf_rgb_only"),
+    ("ResNet branch", "csgn", "csgn_no_resnet"),
+    ("cross-modal mutual term", "csgn_cross_modal", "csgn"),
+    ("ViT lr x0.1", "csgn_vit_lr_0.1", "csgn"),
+    ("fusion init std 0.01", "csgn_fusion_init", "csgn"),
+    ("per-part normalised feature", "csgn_part_norm", "csgn"),
+    ("CSGN vs OSNet", "csgn", "osnet_x0_25"),
+]
 PROTOCOLS = ("general", "cc", "sc")
 CHANCE_TRIALS = 200
 
@@ -87,17 +118,21 @@ def run_one(out, preset, variant, seed, args):
         opts += ["train.max_epoch", str(args.epochs)]
     if args.stage1_epochs is not None and config == CSGN:
         opts += ["stage1.max_epoch", str(args.stage1_epochs)]
-    if args.smoke:
+    if args.smoke:  # random tiny towers: no SynthCLIP pretraining in a smoke run
         opts += ["data.height", "64", "data.width", "32", "train.batch_size", "16"]
-        opts += ["stage1.batch_size", "16"] if config == CSGN else []
+        if config == CSGN:
+            opts += ["stage1.batch_size", "16", *RANDOM]
+            opts += ["clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn"]
     metrics = finished_metrics(run_dir, load_config(config, opts).dump())
     if metrics is not None:
         return metrics
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or differently configured run
     opts = ["--config-file", config, *opts]
+    started = time.time()
     engine = launch(opts)
     results = engine.last_results["synthcc"]
     metrics = {p: {"r1": float(results[p].cmc[0]), "mAP": float(results[p].mAP)} for p in results}
+    metrics["seconds"] = time.time() - started
     atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics))
     return metrics
 
@@ -130,6 +165,8 @@ def run_all(args):
     on all of them. Returns {(preset, variant): [metrics per seed]}."""
     for preset in args.presets:  # generate each tree once, before runs race to do it
         ensure_synthcc(args.data_root, preset, 0)
+    if not args.smoke:  # and SynthCLIP, pretrained once for every run
+        ensure_synthclip_towers(args.data_root)
     keys = [(p, v, s) for p in args.presets for v in args.variants for s in args.seeds]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
@@ -158,6 +195,20 @@ def summarise(runs):
     return summary
 
 
+def paired_difference(runs, preset, a, b, protocol, metric):
+    """Mean of (A - B) over the seeds both have, in points, with a 95% t-interval:
+    (mean, low, high, seeds)."""
+    from scipy import stats
+
+    pairs = list(zip(runs[(preset, a)], runs[(preset, b)]))
+    diffs = np.array([100 * (x[protocol][metric] - y[protocol][metric]) for x, y in pairs])
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan"), len(diffs)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+    return mean, mean - half, mean + half, len(diffs)
+
+
 def write_report(out, runs, summary, args):
     def cells(p, v, pr, m):
         mean, std = summary[(p, v, pr, m)]
@@ -174,10 +225,39 @@ def write_report(out, runs, summary, args):
     for preset, variant in runs:
         row = [cells(preset, variant, pr, m) for pr in PROTOCOLS for m in ("r1", "mAP")]
         lines.append(f"| {preset} | {variant} | " + " | ".join(row) + " |")
+    differences = []
+    asked = [(q, a, b) for q, a, b in QUESTIONS if a in args.variants and b in args.variants]
+    if asked:
+        lines += [
+            "",
+            "Paired differences A - B over the same seeds, in points (95% t-interval):",
+            "",
+            "| preset | question | A | B | CC R1 | CC mAP | general mAP |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for preset in args.presets:
+        for question, a, b in asked:
+            cells_ = []
+            for protocol, metric in (("cc", "r1"), ("cc", "mAP"), ("general", "mAP")):
+                mean, low, high, n = paired_difference(runs, preset, a, b, protocol, metric)
+                cells_.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+                differences.append(
+                    {"preset": preset, "question": question, "a": a, "b": b,
+                     "protocol": protocol, "metric": metric, "mean": mean, "low": low,
+                     "high": high, "seeds": n}
+                )  # fmt: skip
+            lines.append(f"| {preset} | {question} | {a} | {b} | " + " | ".join(cells_) + " |")
     atomic_write_text(os.path.join(out, "study.md"), "\n".join(lines) + "\n")
     keys = ("preset", "variant", "protocol", "metric")
     rows = [{**dict(zip(keys, k)), "mean": v[0], "std": v[1]} for k, v in summary.items()]
-    report = {"command": "python " + " ".join(sys.argv), "seeds": args.seeds, "rows": rows}
+    seconds = [m.get("seconds", 0.0) for per_seed in runs.values() for m in per_seed]
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "seeds": args.seeds,
+        "rows": rows,
+        "paired_differences": differences,
+        "run_seconds_total": float(sum(seconds)),
+    }
     atomic_write_text(os.path.join(out, "study.json"), json.dumps(report, indent=2))
     plot(out, runs, summary)
     print("\n".join(lines))
@@ -210,9 +290,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["default", "hard"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    # 12 + 20 epochs: the 32 runs took 27 minutes on a 2-core CPU (stage 1 is cheap)
-    p.add_argument("--epochs", type=int, default=12, help="train.max_epoch of every run")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=10, help="train.max_epoch of every run")
     p.add_argument("--stage1-epochs", type=int, default=20, help="stage1.max_epoch (CLIP)")
     p.add_argument("--data-root", default="reid-data")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time")

@@ -3,7 +3,7 @@
 The former ``configs/synthcc_osnet.yaml`` (the recipe in ``FORMER_RECIPE``: ID loss with label
 smoothing + batch-hard triplet, weights 1 and 1, margin 0.3, Adam 3.5e-4, identity sampler) kept
 its ID loss at ln(ids) while its triplet loss fell. This probe measures, with the engine's own
-loss code (``CCEngine.compute_losses``):
+loss code (the objective ``builders.build_objective`` gives the engine):
 
 1. at initialisation, on a few batches: the gradient norm each loss term sends into the backbone
    (everything but the classifier), and the share of backbone weights whose gradient entry the
@@ -29,9 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-from csgn_plugin import builders  # noqa: E402
+from csgn_plugin import builders, checks  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
-from csgn_plugin.engine.checkpoint import atomic_write_text  # noqa: E402
+from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "synthcc_osnet.yaml")
 # configs/synthcc_osnet.yaml before it became torchreid's softmax recipe
@@ -46,14 +46,14 @@ FORMER_RECIPE = [
 def build(data_root: str, save_dir: str, overrides: list[str]):
     opts = [*FORMER_RECIPE, "data.root", data_root, "data.save_dir", save_dir, *overrides]
     cfg = load_config(CONFIG, opts)
-    builders.check_config(cfg)
+    checks.check_config(cfg)
     torch.manual_seed(cfg.train.seed)
     datamanager = builders.build_datamanager(cfg, use_gpu=False)
     model = builders.build_model(cfg, datamanager, use_gpu=False)
     optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
     scheduler = builders.build_scheduler(cfg, optimizer)
-    engine = builders.build_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu=False)
-    return engine
+    runtime = builders.build_runtime(cfg, use_gpu=False)
+    return builders.build_engine(cfg, datamanager, model, optimizer, scheduler, runtime)
 
 
 def gradient_shares(engine, batches: int) -> list[dict]:
@@ -64,7 +64,7 @@ def gradient_shares(engine, batches: int) -> list[dict]:
     engine.datamanager.train_sampler.set_epoch(0)
     rows = []
     for _, data in zip(range(batches), engine.datamanager.train_loader):
-        _, terms = engine.compute_losses(model(data["img"]), data["pid"])
+        terms = engine.objective(model(data["img"]), data["pid"]).terms
         grads = {
             name: torch.cat(
                 [g.flatten() for g in torch.autograd.grad(terms[name], backbone, retain_graph=True)]
@@ -97,9 +97,10 @@ def train_epochs(engine, epochs: int) -> list[dict]:
         start = time.time()
         for data in engine.datamanager.train_loader:
             logits, features = model(data["img"])
-            loss, terms = engine.compute_losses((logits, features), data["pid"])
+            losses = engine.objective((logits, features), data["pid"])
+            terms = losses.terms
             engine.optimizer.zero_grad()
-            loss.backward()
+            losses.total.backward()
             engine.optimizer.step()
             with torch.no_grad():
                 distance = torch.cdist(features, features)

@@ -32,6 +32,7 @@ from typing import Optional
 
 import numpy as np
 
+from ...progress import get_logger
 from .atomic_dir import build_into_place, exclusive_lock, lock_path
 from .captions import (
     COLOUR_NAMES,
@@ -315,11 +316,15 @@ def ensure_corpus(
         if _usable(path, preset, seed):  # another process finished it while we waited
             return path
         if os.path.exists(path):
-            print(f"SynthCLIP corpus: '{path}' is from another version or spec; regenerating")
+            get_logger().info(
+                f"SynthCLIP corpus: '{path}' is from another version or spec; regenerating"
+            )
             shutil.rmtree(path)
-        print(f"SynthCLIP corpus: generating preset '{preset}' seed {seed} into '{path}' ...")
+        get_logger().info(
+            f"SynthCLIP corpus: generating preset '{preset}' seed {seed} into '{path}' ..."
+        )
         manifest = build_into_place(path, lambda tmp: generate_corpus(tmp, preset, seed, workers))
-    print(
+    get_logger().info(
         f"SynthCLIP corpus: generated {manifest['counts']['images']} captioned images in "
         f"{manifest['seconds']:.1f} s"
     )

@@ -24,6 +24,7 @@ import shutil
 import time
 from dataclasses import asdict
 
+from ...progress import get_logger
 from .atomic_dir import build_into_place, exclusive_lock, lock_path
 from .presets import get_preset
 from .render import render_image
@@ -239,14 +240,16 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
         if _usable(dataset_dir, preset, seed):  # another process finished it while we waited
             return dataset_dir
         if os.path.exists(dataset_dir):
-            print(
+            get_logger().info(
                 f"SynthCC: '{dataset_dir}' is from another generator version or preset spec; "
                 "regenerating"
             )
             shutil.rmtree(dataset_dir)
-        print(f"SynthCC: generating preset '{preset}' seed {seed} into '{dataset_dir}' ...")
+        get_logger().info(
+            f"SynthCC: generating preset '{preset}' seed {seed} into '{dataset_dir}' ..."
+        )
         stats = build_into_place(dataset_dir, lambda tmp: generate_synthcc(tmp, preset, seed))
-    print(
+    get_logger().info(
         f"SynthCC: generated {stats['total_images']} images ({stats['train']['ids']} train ids, "
         f"{stats['query']['ids']} test ids) in {stats['seconds']:.1f} s"
     )
