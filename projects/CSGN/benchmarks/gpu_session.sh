@@ -32,7 +32,7 @@ train_extra=()
 bench_extra=(--steps 30 --workers 8 --profile 3)
 stage1_big=(--stage1-batch 512 --steps 20 --models clipreid_vitb16 csgn)
 extract_extra=(--images 20000 --batch 512 --workers 12)
-tests=(tests/test_cuda.py tests/test_ranking.py)
+tests=(tests/end_to_end/test_cuda.py tests/evaluation/test_ranking.py)
 if [ "${SMOKE:-0}" = 1 ]; then
   device=cpu
   train_extra=(runtime.device cpu clip.vit_arch csgn-tiny-vit clip.resnet_arch csgn-tiny-rn
@@ -43,7 +43,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   stage1_big=(--tiny --stage1-batch 64 --steps 2 --batch 16 --height 128 --width 64
     --models csgn)
   extract_extra=(--tiny --images 64 --batch 32 --workers 0 --warmup 1)
-  tests=(tests/test_cuda.py)
+  tests=(tests/end_to_end/test_cuda.py)
 fi
 
 # step NAME LIMIT_S COMMAND...: run with a time limit, output into OUT_DIR/NAME.log

@@ -12,10 +12,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from run_helpers import ROOT
 
+from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import get_default_config
 from csgn_plugin.data.synth.corpus import ensure_corpus, load_corpus
-from csgn_plugin.modeling import build_model_from_config
 from csgn_plugin.modeling.clip_weights import (
     load_clip,
     read_clip_checkpoint,
@@ -349,7 +350,7 @@ def test_towers_side_by_side_equal_the_towers_one_after_the_other(root, tmp_path
 
 
 def _tool(name):
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", f"{name}.py")
+    path = os.path.join(ROOT, "tools", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -381,7 +382,7 @@ def test_a_kill_9_mid_pretraining_resumes_to_the_uninterrupted_weights(root, tmp
     import subprocess
     import sys
 
-    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "pretrain_clip.py")
+    tool = os.path.join(ROOT, "tools", "pretrain_clip.py")
     data = str(tmp_path / "data")
     ensure_corpus(data, "tiny", 0, workers=1)
     flags = ["--steps", "8", "--warmup-steps", "2", "--batch-size", "8", "--lr", "0.002"]

@@ -40,7 +40,7 @@ from csgn_plugin.data.datasets import (
     LaST,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def identity(frame):

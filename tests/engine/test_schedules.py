@@ -17,7 +17,7 @@ from csgn_plugin.engine.schedules import (
     build_prompt_scheduler,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def stage2_lrs(cfg, epochs):

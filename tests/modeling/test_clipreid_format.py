@@ -41,7 +41,7 @@ RN50_GRID = (16, 8)  # layer 4 with stride 1 at 256x128
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 HALF = [0.5, 0.5, 0.5]
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _tool = importlib.util.spec_from_file_location(
     "convert_clipreid", os.path.join(ROOT, "tools", "convert_clipreid.py")
 )

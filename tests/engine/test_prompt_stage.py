@@ -10,7 +10,7 @@ from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import load_config
 from csgn_plugin.losses import MutualLoss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # random tiny towers instead of the main job's SynthCLIP (which pretrains for minutes)
 TINY = [
     "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit",

@@ -115,7 +115,7 @@ def test_torchreid_keys_the_plugin_does_not_implement_are_refused_unless_default
 
 def test_switching_to_a_torchreid_model_says_what_no_longer_applies():
     cfg = load_config(
-        os.path.join(os.path.dirname(__file__), "..", "configs", "csgn_synthcc.yaml"),
+        os.path.join(os.path.dirname(__file__), "..", "..", "configs", "csgn_synthcc.yaml"),
         ["model.name", "osnet_x0_25", "loss.name", "triplet"],
     )
     text = checks.describe_model_choice(cfg)

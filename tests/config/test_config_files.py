@@ -5,7 +5,7 @@ import pytest
 
 from csgn_plugin.config import ConfigError, load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILES = sorted(
     glob.glob(os.path.join(ROOT, "configs", "*.yaml"))
     + glob.glob(os.path.join(ROOT, "projects", "CSGN", "configs", "*.yaml"))

@@ -32,7 +32,7 @@ from csgn_plugin.data.transforms import (
     check_transform_names,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 tr = torchreid_api()
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])

@@ -33,7 +33,7 @@ from csgn_plugin.data import download
 from csgn_plugin.data.check import dataset_class
 from csgn_plugin.data.download import CATALOGUE, FetchError, fetch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ------------------------------------------------------------------------------------ helpers

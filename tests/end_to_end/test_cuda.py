@@ -1,7 +1,7 @@
 """The CUDA runtime paths (skipped without a GPU): both CSGN stages under bf16 and under fp16 with
 a gradient scaler, channels_last + torch.compile, and NCCL DDP (skipped with fewer than 2 GPUs).
 
-    python -m pytest -q tests/test_cuda.py      # on a machine with a GPU
+    python -m pytest -q -m cuda      # on a machine with a GPU
 """
 
 import glob
@@ -14,7 +14,10 @@ from run_helpers import checkpoint, opts, run_torchrun
 from csgn_plugin.data.synth import ensure_synthcc
 from csgn_plugin.launcher import main
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def cuda_opts(tmp_path, save, model="csgn", *extra):

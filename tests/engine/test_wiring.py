@@ -19,7 +19,7 @@ from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import load_config
 from csgn_plugin.engine.stages import StageContext
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # random tiny towers instead of the main job's SynthCLIP (which pretrains for minutes)
 TINY = [
     "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit",
