@@ -303,3 +303,32 @@ def build_ccvid(tmp_path: object) -> Tree:
         _write_text(os.path.join(ddir, f"{split}.txt"), lines)
         tree.truth[split] = truth
     return tree
+
+
+# ---------------------------------------------------------------- Market-1501 (torchreid's own)
+def build_market1501(tmp_path: object) -> Tree:
+    """torchreid's Market-1501 layout (``market1501/Market-1501-v15.09.15/bounding_box_train``,
+    ``query``, ``bounding_box_test``; names ``<pid>_c<cam>s1_<frame>_00.jpg``): 8 training ids,
+    2 cameras each, 3 images per camera; 3 test ids with one query per camera and 2 gallery images
+    per camera, plus a junk (-1) gallery image."""
+    root = _root(tmp_path)
+    base = os.path.join(root, "market1501", "Market-1501-v15.09.15")
+    tree = Tree(root=root, dataset_dir=base, truth={"train": [], "query": [], "gallery": []})
+
+    def add(split: str, folder: str, pid: int, cam: int, frame: int) -> None:
+        name = f"{pid:04d}_c{cam}s1_{frame:06d}_00.jpg" if pid >= 0 else f"-1_c{cam}s1_{frame}.jpg"
+        path = write_image(os.path.join(base, folder, name))
+        if pid >= 0:
+            tree.truth[split].append(Truth(path, pid, cam - 1, None))
+
+    for pid in range(2, 18, 2):
+        for cam in (1, 2):
+            for frame in range(3):
+                add("train", "bounding_box_train", pid, cam, 100 * cam + frame)
+    for pid in (21, 23, 25):
+        for cam in (1, 2):
+            add("query", "query", pid, cam, 900 + cam)
+            for frame in range(2):
+                add("gallery", "bounding_box_test", pid, cam, 1000 * cam + frame)
+    add("gallery", "bounding_box_test", -1, 1, 5)
+    return tree

@@ -71,3 +71,25 @@ def test_a_file_without_a_spec_is_refused_by_the_extractor(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match="records no model_spec"):
         csgn_plugin.load_extractor(str(path))
+
+
+def test_a_clip_model_trains_and_is_evaluated_on_torchreids_own_market1501(tmp_path):
+    """torchreid's Market-1501 class under the plugin's data manager: a tiny clipreid_vitb16
+    trains an epoch, then tools/test.py evaluates its checkpoint with the Market-1501 config
+    (general protocol only: the data set has no clothes labels)."""
+    from dataset_trees import build_market1501
+
+    tree = build_market1501(tmp_path)
+    common = [
+        "data.root", tree.root, "data.height", "64", "data.width", "32", "data.workers", "0",
+        "model.pretrained", "False", "clip.vit_arch", "csgn-tiny-vit", "runtime.device", "cpu",
+        "train.batch_size", "8", "test.batch_size", "16", "runtime.plot", "False",
+        "test.visrank", "False",
+    ]  # fmt: skip
+    config = os.path.join(ROOT, "configs", "clipreid_vitb16_market1501.yaml")
+    args = ["--config-file", config, *common, "data.save_dir", str(tmp_path / "run")]
+    main([*args, "train.max_epoch", "1", "stage1.max_epoch", "1", "stage1.batch_size", "8"])
+    best = str(tmp_path / "run" / "checkpoints" / "best.pth")
+    engine = main([*args, "model.load_weights", best], test_only=True)
+    assert set(engine.last_results["market1501"]) == {"general"}
+    assert engine.last_results["market1501"]["general"].num_valid == 6  # 3 ids x 2 cameras

@@ -102,3 +102,32 @@ def test_triplet_probe_reports_gradients_and_feature_statistics(tmp_path):
     table = (out / "triplet_probe.md").read_text()
     assert table.count("\n| 1 |") == 2 and "same / other" in table  # both tables, row 1 each
     assert not os.path.exists(os.path.join(ROOT, "log", "triplet_probe"))  # it saves no run
+
+
+def test_prompt_probe_holds_out_one_outfit_per_person_and_reports_both_modalities(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import prompt_probe
+
+    items = [  # (path, pid, camid, dsetid, clothes_id)
+        ("a", 0, 0, 0, 0), ("b", 0, 1, 0, 1), ("c", 0, 0, 0, 1),
+        ("d", 1, 0, 0, 2),  # one outfit only: nothing held out
+        ("e", 2, 1, 0, 3), ("f", 2, 0, 0, 5), ("g", 2, 1, 0, 4),
+    ]  # fmt: skip
+    seen, new = prompt_probe.split_outfits(items)
+    assert [it[0] for it in new] == ["b", "c", "f"]  # each person's highest clothes id
+    assert [it[0] for it in seen] == ["a", "d", "e", "g"]
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, os.path.join(ROOT, "projects", "CSGN", "prompt_probe.py"), "--random",
+        "--preset", "tiny", "--stage1-epochs", "1", "--data-root", str(tmp_path / "data"),
+        "--out", str(out), "data.height", "64", "data.width", "32",
+        "clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "random.json").read_text())
+    assert report["chance"] == pytest.approx(1 / report["identities"])
+    for split in ("seen", "new_outfit"):
+        assert set(report[split]) == {"rgb", "gray"}
+        assert all(0 <= v <= 1 for v in report[split].values())
