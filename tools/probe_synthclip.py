@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = default_settings(tower, corpus=args.corpus, corpus_seed=args.corpus_seed)
         weights = args.weights or ensure_synthclip(args.root, tower, settings)
         out_dir = args.out or os.path.dirname(os.path.abspath(weights))
+        if args.out and len(towers) > 1:  # one folder per tower
+            out_dir = os.path.join(args.out, tower)
         probe_weights(args.root, tower, weights, settings, args.k, out_dir)
     return 0
 

@@ -157,10 +157,14 @@ class SynthCLIPEncoder(nn.Module):
         arch = check_tower(tower)
         clip = load_clip(arch, weights, activation)
         vision = TINY_ARCHS[arch]["vision_cfg"]
+        # the geometry the tower was pretrained in: patch stride, layer-4 stride 2, bilinear grids
+        # (the exported square grids are the training grids stretched), no camera embedding
         if vision["patch_size"]:
-            self.image_tower: nn.Module = ReIDViT(clip.visual, image_size, vision["patch_size"])
+            self.image_tower: nn.Module = ReIDViT(
+                clip.visual, image_size, vision["patch_size"], "bilinear", 0, 1.0
+            )
         else:
-            self.image_tower = ReIDResNet(clip.visual, image_size, last_stride=2)
+            self.image_tower = ReIDResNet(clip.visual, image_size, 2, "bilinear")
         self.clip = clip  # the text tower (and the image tower's original modules)
         self.image_size = tuple(image_size)
         self.register_buffer("mean", torch.tensor(norm_mean).view(1, 3, 1, 1), persistent=False)
