@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
@@ -31,7 +30,7 @@ from torch import nn
 
 from ..data.synth.corpus import Corpus
 from ..fileio import atomic_save, fault_point
-from ..progress import get_logger
+from ..progress import Progress, get_logger
 from .towers import build_training_clip, check_tower, tokenize
 
 PROGRESS = "progress.pt"
@@ -201,8 +200,9 @@ def pretrain(
 ) -> PretrainResult:
     """Train one tower on the corpus's training split, resuming from ``work_dir/progress.pt``.
 
-    ``progress_bar``: tqdm on stderr (default: when stderr is a terminal); a log line with the
-    loss, learning rate, rate and ETA goes to ``log`` every ``log_every`` steps either way.
+    ``progress_bar``: the package's progress bar (default: on the main process, when stderr is a
+    terminal; False: none); a log line with the loss, learning rate, rate and ETA goes to ``log``
+    every ``log_every`` steps either way.
     ``threads``: torch threads while training (restored afterwards). One by default: the result
     then does not depend on the machine's core count, and two towers train side by side in two
     processes (``cache.ensure_synthclip_towers``), which uses two cores better than two threads.
@@ -273,14 +273,14 @@ def _train(
             progress_path,
         )
 
-    use_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-    bar = None
-    if use_bar and start < settings.steps:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=settings.steps, initial=start, desc=f"SynthCLIP {settings.tower}", unit="step"
-        )
+    # the bar only (False: none, e.g. side-by-side towers); the log lines below carry the ETA
+    bar = Progress(
+        settings.steps - start,
+        f"SynthCLIP {settings.tower}",
+        "step",
+        enabled=progress_bar,
+        log_every_s=math.inf,
+    )
     began = time.perf_counter()
     for step in range(start, settings.steps):
         lr = learning_rate(settings, step)
@@ -300,9 +300,7 @@ def _train(
         if done % checkpoint_every == 0 or done == settings.steps:
             save(done)
         fault_point("pretrain_step")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update()
         if done % log_every == 0 or done == settings.steps:
             elapsed = time.perf_counter() - began
             rate = (done - start) / max(elapsed, 1e-9)
@@ -313,8 +311,7 @@ def _train(
                 f"{rate * settings.batch_size:.0f} img/s, elapsed {_format_time(elapsed)}, "
                 f"ETA {_format_time((settings.steps - done) / max(rate, 1e-9))}"
             )
-    if bar is not None:
-        bar.close()
+    bar.close()
     return PretrainResult(
         model=model,
         losses=losses,

@@ -16,9 +16,9 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from dataset_trees import build_market1501
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
-from run_helpers import opts
 from torch import nn
 
 from csgn_plugin.builders import model_config as preset_config
@@ -350,25 +350,36 @@ def _native_and_converted(tmp_path, clips, tower, stride=16, cameras=0, ddp=Fals
 def _evaluate_through_tools_test(tmp_path, name, native, released):
     """tools/test.py on the CLIP-ReID file and on the same weights saved the plugin's way (the
     natively loaded model and its spec): the same query features (CLIP-ReID's inference feature,
-    camera ids passed to SIE) and the same results, on the tiny SynthCC at 256x128."""
+    camera ids passed to SIE) and the same results, on a small Market-1501 tree (torchreid's own
+    data set, CLIP-ReID's home ground) evaluated at the model's 256x128."""
     config = native.config
     size = tuple(config.image_size)
     input = input_spec(*size, list(config.pixel_mean), list(config.pixel_std), "bilinear")
     native_path = tmp_path / "native.pth"
     spec = model_spec_for(name, native, input).to_dict()
     torch.save({"state_dict": native.state_dict(), "model_spec": spec}, native_path)
+    tree = build_market1501(tmp_path)
+    config_file = os.path.join(ROOT, "configs", f"{name}_market1501.yaml")
     engines = []
     for path in (released, native_path):
-        args = opts(tmp_path / "data", tmp_path / f"eval_{path.stem}", "osnet")
-        engines.append(main([*args, "model.load_weights", str(path)], test_only=True))
+        engines.append(
+            main(
+                [
+                    "--config-file", config_file, "data.root", tree.root, "data.workers", "0",
+                    "data.save_dir", str(tmp_path / f"eval_{path.stem}"), "test.batch_size", "6",
+                    "runtime.device", "cpu", "model.load_weights", str(path),
+                ],
+                test_only=True,
+            )
+        )  # fmt: skip
     features = []
     for engine in engines:
-        assert engine.runtime.image_size == (256, 128)  # the model's input, not the config's
-        loader = engine.datamanager.test_loader["synthcc"]["query"]
+        assert engine.runtime.image_size == (256, 128)
+        loader = engine.datamanager.test_loader["market1501"]["query"]
         features.append(engine.evaluator.extract(engine.model, loader, "query")[0])
     torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)
-    for mode, res in engines[1].last_results["synthcc"].items():
-        assert float(engines[0].last_results["synthcc"][mode].mAP) == float(res.mAP)
+    for mode, res in engines[1].last_results["market1501"].items():
+        assert float(engines[0].last_results["market1501"][mode].mAP) == float(res.mAP)
 
 
 def _assert_same_model(native, converted):

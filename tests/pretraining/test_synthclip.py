@@ -184,7 +184,7 @@ def test_both_formats_load_every_tensor_and_reproduce_the_trained_model(corpus, 
         path = str(tmp_path / name)
         read, detected = read_clip_checkpoint(path)
         assert detected == fmt and read.keys() == state.keys()
-        loaded = load_clip(arch, path).eval()  # refuses any missing tensor
+        loaded = load_clip(arch, path, "auto").eval()  # refuses any missing tensor
         assert transformer_activation(loaded.transformer) == "quick_gelu"  # as trained
         own = loaded.state_dict()
         assert set(own) - {"attn_mask"} == set(state)

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict
 
-from ...progress import get_logger
+from ...progress import Progress, get_logger
 from .atomic_dir import build_into_place, exclusive_lock, lock_path
 from .presets import get_preset
 from .render import render_image
@@ -137,6 +137,8 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
     world = build_world(spec, seed)
     for name in (*SPLIT_DIRS, "info"):
         os.makedirs(os.path.join(dataset_dir, name), exist_ok=True)
+    images = sum(len(t.frames) for t in world.tracklets)
+    progress = Progress(images, f"SynthCC '{preset}'", "img")
     for t in world.tracklets:
         identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
         camera = world.cameras[t.camera]
@@ -148,6 +150,8 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
             )
             path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
             img.save(path, format="PNG", compress_level=6, optimize=False)
+            progress.update()
+    progress.close()
     _write_info(world, os.path.join(dataset_dir, "info"))
     stats = _statistics(world)
     manifest = {
