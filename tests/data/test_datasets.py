@@ -382,6 +382,7 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_check_dataset_prints_statistics_and_flags_differences(tmp_path):
     tree = build_ltcc(tmp_path)
     proc = run_check("ltcc", "--root", tree.root, "--ltcc_train_ids", "cc")

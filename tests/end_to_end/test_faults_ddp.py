@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from run_helpers import (
     ROOT,
     TRAIN,
@@ -18,6 +19,8 @@ from run_helpers import (
     kill_all,
     start_ranks,
 )
+
+pytestmark = pytest.mark.slow  # processes killed and resumed: tens of seconds each
 
 
 def test_a_killed_rank_stops_the_job_and_the_job_resumes(tmp_path):

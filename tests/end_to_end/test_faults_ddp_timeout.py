@@ -6,7 +6,10 @@ import os
 import signal
 import time
 
+import pytest
 from run_helpers import ddp_opts, kill_all, start_ranks
+
+pytestmark = pytest.mark.slow  # processes killed and resumed: tens of seconds each
 
 
 def test_a_frozen_rank_stops_the_job_after_the_timeout(tmp_path):

@@ -22,6 +22,9 @@ from run_helpers import (
 
 from csgn_plugin.launcher import main
 
+pytestmark = pytest.mark.slow  # processes killed and resumed: tens of seconds each
+
+
 KILLED = -9  # exit status of a process ended by SIGKILL
 KILL_SEED_ENV = "CSGN_TEST_KILL_SEED"
 # CSGN_FAULT_KILL values the random kill draws from: after stage 1's 2nd or 3rd epoch, in its

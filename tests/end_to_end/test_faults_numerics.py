@@ -59,6 +59,7 @@ def test_a_nan_loss_stops_within_the_logging_window_and_keeps_the_last_good_chec
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_no_checkpoint_is_written_after_a_nan_even_inside_a_window(tmp_path, monkeypatch):
     poison_loss_at(monkeypatch, 6)
     save = tmp_path / "run"
@@ -95,6 +96,7 @@ def test_skip_policy_skips_the_bad_step_and_finishes(tmp_path, monkeypatch, caps
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_absorbed_by_the_gradient_scaler(tmp_path, monkeypatch):
     """fp16 with its scaler on the CPU (refused by the config checks, which want CUDA; forced
     here), scale 1 so only the injected overflow counts: an Inf gradient at step 3."""

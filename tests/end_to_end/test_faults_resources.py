@@ -61,6 +61,7 @@ def file_size_limit():
     signal.signal(signal.SIGXFSZ, handler)
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_the_run_resumes(
     tmp_path, file_size_limit
 ):

@@ -66,6 +66,7 @@ def test_baseline_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     assert any(not torch.equal(fresh[k], loaded[k]) for k in loaded if k.endswith("conv.weight"))
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_ends_with_the_same_weights(tmp_path):
     main(baseline_opts(tmp_path, tmp_path / "straight"))
     main(baseline_opts(tmp_path, tmp_path / "split", "train.max_epoch", "1"))
@@ -73,6 +74,7 @@ def test_resume_after_an_epoch_ends_with_the_same_weights(tmp_path):
     assert_same_end(tmp_path / "straight", tmp_path / "split")
 
 
+@pytest.mark.slow
 def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
     """A checkpoint every 3 steps; training stopped by an exception after step 6 (epoch 2)."""
     main(baseline_opts(tmp_path, tmp_path / "straight"))
@@ -98,6 +100,7 @@ def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
     assert_same_end(tmp_path / "straight", save)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path):
     save = tmp_path / "ddp"
     proc = run_torchrun(baseline_opts(tmp_path, save, "train.max_epoch", "1"))

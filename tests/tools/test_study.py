@@ -9,6 +9,7 @@ import pytest
 from run_helpers import ROOT
 
 
+@pytest.mark.slow
 def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     cmd = [
         sys.executable, os.path.join(ROOT, "projects", "CSGN", "study.py"), "--smoke",
@@ -81,6 +82,7 @@ def test_chance_row_matches_the_expected_rank1_of_a_random_ranking(tmp_path):
     assert chance["general"]["r1"] == pytest.approx(sum(odds) / len(odds), abs=0.015)
 
 
+@pytest.mark.slow
 def test_triplet_probe_reports_gradients_and_feature_statistics(tmp_path):
     out = tmp_path / "probe"
     cmd = [
@@ -104,6 +106,7 @@ def test_triplet_probe_reports_gradients_and_feature_statistics(tmp_path):
     assert not os.path.exists(os.path.join(ROOT, "log", "triplet_probe"))  # it saves no run
 
 
+@pytest.mark.slow
 def test_prompt_probe_holds_out_one_outfit_per_person_and_reports_both_modalities(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
     import prompt_probe
