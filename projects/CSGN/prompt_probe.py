@@ -90,10 +90,13 @@ def main():
     runtime = builders.build_runtime(cfg, use_gpu=False)
     objective = builders.build_objective(cfg, model)
     (stage,) = builders.build_stages(cfg, model, objective)
-    history = []
-    context = StageContext(
-        runtime, model, datamanager, lambda: None, lambda k, e, v: history.append(v), 0
-    )
+    losses = []  # the stage's logged mutual loss per epoch
+
+    def record(key: str, epoch: int, value: float) -> None:
+        if key == "stage1/loss":
+            losses.append(value)
+
+    context = StageContext(runtime, model, datamanager, lambda: None, record, 0)
     started = time.time()
     stage.run(context)
     stage.attach(context)  # hands the text bank of every identity to the objective
@@ -109,7 +112,7 @@ def main():
         "chance": 1 / model.num_ids,
         "seen_images": len(seen),
         "new_outfit_images": len(new),
-        "stage1_loss_first_last": [history[0], history[-1]] if history else None,
+        "stage1_loss_first_last": [losses[0], losses[-1]] if losses else None,
         "seen": nearest_prompt_accuracy(model, seen, transform, objective.text_bank),
         "new_outfit": nearest_prompt_accuracy(model, new, transform, objective.text_bank),
         "seconds": time.time() - started,
