@@ -105,7 +105,8 @@ def chance_metrics(data_root, preset, trials=CHANCE_TRIALS):
     return sums
 
 
-def run_one(out, preset, variant, seed, args):
+def run_spec(out, preset, variant, seed, args):
+    """(config file, overrides, run folder) of one (preset, variant, seed) run."""
     run_dir = os.path.join(out, "runs", preset, variant, f"seed{seed}")
     config, overrides = VARIANTS[variant]
     opts = [
@@ -123,9 +124,20 @@ def run_one(out, preset, variant, seed, args):
         if config == CSGN:
             opts += ["stage1.batch_size", "16", *RANDOM]
             opts += ["clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn"]
-    metrics = finished_metrics(run_dir, load_config(config, opts).dump())
+    return config, opts, run_dir
+
+
+def stored_metrics(out, preset, variant, seed, args):
+    """The metrics of this run if it has finished with exactly this config, else None."""
+    config, opts, run_dir = run_spec(out, preset, variant, seed, args)
+    return finished_metrics(run_dir, load_config(config, opts).dump())
+
+
+def run_one(out, preset, variant, seed, args):
+    metrics = stored_metrics(out, preset, variant, seed, args)
     if metrics is not None:
         return metrics
+    config, opts, run_dir = run_spec(out, preset, variant, seed, args)
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or differently configured run
     opts = ["--config-file", config, *opts]
     started = time.time()
@@ -163,6 +175,8 @@ def run_all(args):
     """Every (preset, variant, seed) run, ``args.jobs`` at a time, each on ``args.threads``
     threads: on a small CPU, independent single-threaded runs use the cores better than one run
     on all of them. Returns {(preset, variant): [metrics per seed]}."""
+    if args.report_only:
+        return collect_finished(args)
     for preset in args.presets:  # generate each tree once, before runs race to do it
         ensure_synthcc(args.data_root, preset, 0)
     if not args.smoke:  # and SynthCLIP, pretrained once for every run
@@ -181,6 +195,23 @@ def run_all(args):
         runs[(p, "chance (random ranking)")] = [chance_metrics(args.data_root, p)]
         for v in args.variants:
             runs[(p, v)] = [futures[(p, v, s)].result() for s in args.seeds]
+    return runs
+
+
+def collect_finished(args):
+    """{(preset, variant): [metrics per seed]} of the (preset, variant) pairs whose runs have all
+    finished with the current settings, without training anything; the others are listed as
+    missing in the report (a study spread over several invocations, e.g. fewer variants on one
+    preset, is reported in one table)."""
+    runs = {}
+    for p in args.presets:
+        runs[(p, "chance (random ranking)")] = [chance_metrics(args.data_root, p)]
+        for v in args.variants:
+            per_seed = [stored_metrics(args.out, p, v, s, args) for s in args.seeds]
+            if all(m is not None for m in per_seed):
+                runs[(p, v)] = per_seed
+            else:
+                args.missing.append(f"{p}/{v}")
     return runs
 
 
@@ -226,7 +257,14 @@ def write_report(out, runs, summary, args):
         row = [cells(preset, variant, pr, m) for pr in PROTOCOLS for m in ("r1", "mAP")]
         lines.append(f"| {preset} | {variant} | " + " | ".join(row) + " |")
     differences = []
-    asked = [(q, a, b) for q, a, b in QUESTIONS if a in args.variants and b in args.variants]
+    asked = [
+        (p, q, a, b)
+        for p in args.presets
+        for q, a, b in QUESTIONS
+        if (p, a) in runs and (p, b) in runs
+    ]
+    if args.missing:
+        lines += ["", "Not run with these settings (no row): " + ", ".join(args.missing) + "."]
     if asked:
         lines += [
             "",
@@ -235,18 +273,17 @@ def write_report(out, runs, summary, args):
             "| preset | question | A | B | CC R1 | CC mAP | general mAP |",
             "|---|---|---|---|---|---|---|",
         ]
-    for preset in args.presets:
-        for question, a, b in asked:
-            cells_ = []
-            for protocol, metric in (("cc", "r1"), ("cc", "mAP"), ("general", "mAP")):
-                mean, low, high, n = paired_difference(runs, preset, a, b, protocol, metric)
-                cells_.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
-                differences.append(
-                    {"preset": preset, "question": question, "a": a, "b": b,
-                     "protocol": protocol, "metric": metric, "mean": mean, "low": low,
-                     "high": high, "seeds": n}
-                )  # fmt: skip
-            lines.append(f"| {preset} | {question} | {a} | {b} | " + " | ".join(cells_) + " |")
+    for preset, question, a, b in asked:
+        cells_ = []
+        for protocol, metric in (("cc", "r1"), ("cc", "mAP"), ("general", "mAP")):
+            mean, low, high, n = paired_difference(runs, preset, a, b, protocol, metric)
+            cells_.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+            differences.append(
+                {"preset": preset, "question": question, "a": a, "b": b,
+                 "protocol": protocol, "metric": metric, "mean": mean, "low": low,
+                 "high": high, "seeds": n}
+            )  # fmt: skip
+        lines.append(f"| {preset} | {question} | {a} | {b} | " + " | ".join(cells_) + " |")
     atomic_write_text(os.path.join(out, "study.md"), "\n".join(lines) + "\n")
     keys = ("preset", "variant", "protocol", "metric")
     rows = [{**dict(zip(keys, k)), "mean": v[0], "std": v[1]} for k, v in summary.items()]
@@ -298,7 +335,13 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default=os.path.join(HERE, "results", "study"))
     p.add_argument("--smoke", action="store_true", help="tiny preset, 1 + 1 epochs, 1 seed")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the (preset, variant) pairs whose runs have all finished",
+    )
     args = p.parse_args()
+    args.missing = []  # (preset, variant) pairs left out of a --report-only report
     if args.smoke:
         args.presets, args.seeds, args.epochs, args.stage1_epochs = ["tiny"], [0], 1, 1
     os.makedirs(args.out, exist_ok=True)

@@ -29,6 +29,18 @@ def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     assert len(rows) == 3 * 3 * 2  # (chance + 2 variants) x protocols x (R1, mAP)
     assert all(0 <= r["mean"] <= 100 and r["std"] == 0 for r in rows)  # one seed: no spread
     assert (tmp_path / "study" / "study.png").stat().st_size > 0
+    # --report-only trains nothing: finished pairs keep their rows, the rest are named missing
+    report_only = [*cmd, "--report-only", "--variants", "osnet_x0_25", "csgn", "csgn_no_resnet"]
+    proc = subprocess.run(
+        report_only, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "study" / "runs" / "tiny" / "csgn").exists()
+    again = (tmp_path / "study" / "study.md").read_text().splitlines()
+    assert [row for row in again if row.startswith("| tiny")] == [
+        row for row in table if row.startswith("| tiny")
+    ]
+    assert "Not run with these settings (no row): tiny/csgn." in again
     per_run = tmp_path / "study" / "runs" / "tiny" / "csgn_no_resnet" / "seed0" / "metrics.json"
     assert set(json.loads(per_run.read_text())) == {"general", "cc", "sc", "seconds"}
     # a finished run is reused only under the very config it was made with
