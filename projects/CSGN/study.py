@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
+from csgn_plugin.builders import resolve_synthclip  # noqa: E402
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
@@ -128,9 +129,11 @@ def run_spec(out, preset, variant, seed, args):
 
 
 def stored_metrics(out, preset, variant, seed, args):
-    """The metrics of this run if it has finished with exactly this config, else None."""
+    """The metrics of this run if it has finished with exactly this config, else None. The
+    config is compared as the run saved it: with 'synthclip' weights resolved to their files."""
     config, opts, run_dir = run_spec(out, preset, variant, seed, args)
-    return finished_metrics(run_dir, load_config(config, opts).dump())
+    cfg, _ = resolve_synthclip(load_config(config, opts))
+    return finished_metrics(run_dir, cfg.dump())
 
 
 def run_one(out, preset, variant, seed, args):

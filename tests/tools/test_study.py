@@ -1,5 +1,6 @@
 """The accuracy-study script runs end to end and writes its table, JSON and plot."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -7,6 +8,8 @@ import sys
 
 import pytest
 from run_helpers import ROOT
+
+from csgn_plugin.config import load_config
 
 
 @pytest.mark.slow
@@ -146,3 +149,32 @@ def test_prompt_probe_holds_out_one_outfit_per_person_and_reports_both_modalitie
     for split in ("seen", "new_outfit"):
         assert set(report[split]) == {"rgb", "gray"}
         assert all(0 <= v <= 1 for v in report[split].values())
+
+
+def test_a_finished_synthclip_run_is_found_again(tmp_path, monkeypatch):
+    """A run saves its config with 'synthclip' resolved to the cached files; the study must
+    compare against that form, or every SynthCLIP run would be retrained on each invocation."""
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import study
+    import torch
+
+    import csgn_plugin.builders as builders
+
+    files = {"vit": str(tmp_path / "vit" / "openai.pt"), "rn": str(tmp_path / "rn" / "openai.pt")}
+    monkeypatch.setattr(builders, "ensure_synthclip_towers", lambda root, towers: files)
+    args = argparse.Namespace(
+        data_root=str(tmp_path / "data"), epochs=10, stage1_epochs=20, smoke=False
+    )
+    config, opts, run_dir = study.run_spec(str(tmp_path / "out"), "default", "csgn", 0, args)
+    saved = load_config(config, opts)
+    saved.defrost()
+    saved.clip.vit_weights, saved.clip.resnet_weights = files["vit"], files["rn"]
+    os.makedirs(os.path.join(run_dir, "checkpoints"))
+    torch.save({"config": saved.dump()}, os.path.join(run_dir, "checkpoints", "last.pth"))
+    metrics = {"cc": {"r1": 0.5, "mAP": 0.4}}
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+    assert study.stored_metrics(str(tmp_path / "out"), "default", "csgn", 0, args) == metrics
+    # another SynthCLIP file (another corpus or pretraining) is another run
+    files["vit"] = str(tmp_path / "other" / "openai.pt")
+    assert study.stored_metrics(str(tmp_path / "out"), "default", "csgn", 0, args) is None
