@@ -53,8 +53,9 @@ def get_logger() -> logging.Logger:
     return logger
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` of a (non-negative) number of seconds."""
+    seconds = int(round(max(0.0, seconds)))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -103,10 +104,10 @@ class Progress:
         text = f"{self.desc}: {self.done}"
         if self.total:
             eta = (self.total - self.done) / max(rate, 1e-9)
-            text += f"/{self.total} {self.unit} ({rate:.1f}/s, {_duration(elapsed)} elapsed, "
-            text += f"ETA {_duration(eta)})"
+            text += f"/{self.total} {self.unit} ({rate:.1f}/s, {format_duration(elapsed)} elapsed, "
+            text += f"ETA {format_duration(eta)})"
         else:
-            text += f" {self.unit} ({rate:.1f}/s, {_duration(elapsed)} elapsed)"
+            text += f" {self.unit} ({rate:.1f}/s, {format_duration(elapsed)} elapsed)"
         return text
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..data.synth.corpus import Corpus
 from ..fileio import atomic_save, fault_point
-from ..progress import Progress, get_logger
+from ..progress import Progress, format_duration, get_logger
 from .towers import build_training_clip, check_tower, tokenize
 
 PROGRESS = "progress.pt"
@@ -183,11 +183,6 @@ class PretrainResult:
         }
 
 
-def _format_time(seconds: float) -> str:
-    seconds = int(max(0.0, seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def pretrain(
     corpus: Corpus,
     settings: PretrainSettings,
@@ -308,8 +303,8 @@ def _train(
             log(
                 f"SynthCLIP {settings.tower}: step {done}/{settings.steps} loss {recent:.3f} "
                 f"lr {lr:.2e} temp {model.logit_scale.exp().item():.1f} | "
-                f"{rate * settings.batch_size:.0f} img/s, elapsed {_format_time(elapsed)}, "
-                f"ETA {_format_time((settings.steps - done) / max(rate, 1e-9))}"
+                f"{rate * settings.batch_size:.0f} img/s, elapsed {format_duration(elapsed)}, "
+                f"ETA {format_duration((settings.steps - done) / max(rate, 1e-9))}"
             )
     bar.close()
     return PretrainResult(

@@ -260,7 +260,7 @@ def test_a_killed_generation_leaves_no_corpus(tmp_path, monkeypatch):
 def test_foreign_folders_and_bad_options_are_refused(tmp_path):
     foreign = os.path.join(str(tmp_path), "synthclip_corpus", "tiny_seed0")
     os.makedirs(foreign)
-    with pytest.raises(CorpusError, match="not a captioned corpus"):
+    with pytest.raises(CorpusError, match="not a SynthCLIP corpus folder"):
         ensure_corpus(str(tmp_path), "tiny", 0)
     with pytest.raises(ValueError, match="unknown captioned-corpus preset 'huge'"):
         ensure_corpus(str(tmp_path), "huge", 0)

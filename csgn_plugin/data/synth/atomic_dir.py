@@ -9,10 +9,11 @@ once. The OS drops the lock of a process that dies.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 try:
     import fcntl
@@ -60,3 +61,38 @@ def build_into_place(target_dir: str, build: Callable[[str], T]) -> T:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return result
+
+
+def read_manifest(folder: str, name: str, dataset: str) -> Optional[dict]:
+    """The JSON manifest ``folder/name`` if it is a dict whose 'dataset' is ``dataset``, else
+    None (missing, unreadable or another kind of folder)."""
+    try:
+        with open(os.path.join(folder, name), encoding="ascii") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("dataset") == dataset else None
+
+
+def finished_manifest(
+    folder: str, name: str, dataset: str, preset: str, seed: int, error: type[Exception]
+) -> Optional[dict]:
+    """The manifest of the finished build at ``folder``, or None when nothing is there. Raises
+    ``error`` naming the folder when something else is there (no valid manifest: it was not made
+    by ``build_into_place``) or the build is of another preset or seed (renamed or copied)."""
+    if not os.path.exists(folder):
+        return None
+    manifest = read_manifest(folder, name, dataset)
+    if manifest is None:
+        raise error(
+            f"'{folder}' exists but holds no valid {name}, so it is not a {dataset} folder "
+            "(generation renames a finished folder into place, so this one was made otherwise). "
+            "Move or delete it to have it generated there."
+        )
+    if manifest.get("preset") != preset or manifest.get("seed") != seed:
+        raise error(
+            f"'{folder}/{name}' describes preset '{manifest.get('preset')}' seed "
+            f"{manifest.get('seed')}, expected preset '{preset}' seed {seed}: the folder was "
+            "renamed or copied. Delete it to have it generated again."
+        )
+    return manifest

@@ -33,7 +33,13 @@ from typing import Optional
 import numpy as np
 
 from ...progress import get_logger
-from .atomic_dir import build_into_place, exclusive_lock, lock_path
+from .atomic_dir import (
+    build_into_place,
+    exclusive_lock,
+    finished_manifest,
+    lock_path,
+    read_manifest,
+)
 from .captions import (
     COLOUR_NAMES,
     MAX_TOKENS,
@@ -62,6 +68,7 @@ from .world import (
 #: renderer bumps its GENERATOR_VERSION, which the corpus's manifest records and checks too)
 CORPUS_VERSION = 1
 MANIFEST = "corpus.json"
+CORPUS_DATASET = "SynthCLIP corpus"  # the manifest's "dataset" value
 IMAGES = "images.npy"
 SAMPLES = "samples.json"
 
@@ -239,7 +246,7 @@ def generate_corpus(out_dir: str, preset: str, seed: int, workers: Optional[int]
         f.write("\n")
     heldout = spec.heldout_people * spec.images_per_person
     manifest = {
-        "dataset": "SynthCLIP corpus",
+        "dataset": CORPUS_DATASET,
         "corpus_version": CORPUS_VERSION,
         "synthcc_generator_version": GENERATOR_VERSION,
         "preset": preset,
@@ -258,34 +265,12 @@ def generate_corpus(out_dir: str, preset: str, seed: int, workers: Optional[int]
     return {**manifest, "seconds": time.perf_counter() - start_time}
 
 
-def _read_manifest(path: str) -> Optional[dict]:
-    try:
-        with open(os.path.join(path, MANIFEST), encoding="ascii") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("dataset") != "SynthCLIP corpus":
-        return None
-    return manifest
-
-
 def _usable(path: str, preset: str, seed: int) -> bool:
     """True for a complete corpus of this version and spec; False when absent or outdated (either
     may be replaced); an error for anything else at that path."""
-    if not os.path.exists(path):
-        return False
-    manifest = _read_manifest(path)
+    manifest = finished_manifest(path, MANIFEST, CORPUS_DATASET, preset, seed, CorpusError)
     if manifest is None:
-        raise CorpusError(
-            f"'{path}' exists but holds no valid {MANIFEST}, so it is not a captioned corpus "
-            "(generation renames a finished corpus into place). Move or delete it."
-        )
-    if manifest.get("preset") != preset or manifest.get("seed") != seed:
-        raise CorpusError(
-            f"'{path}/{MANIFEST}' describes preset '{manifest.get('preset')}' seed "
-            f"{manifest.get('seed')}, expected preset '{preset}' seed {seed}: the folder was "
-            "renamed or copied. Delete it to have it generated again."
-        )
+        return False
     if manifest.get("corpus_version") != CORPUS_VERSION:
         return False
     if manifest.get("synthcc_generator_version") != GENERATOR_VERSION:
@@ -346,7 +331,7 @@ class Corpus:
 
 def load_corpus(path: str) -> Corpus:
     """Read a corpus folder written by :func:`ensure_corpus`."""
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path, MANIFEST, CORPUS_DATASET)
     if manifest is None:
         raise CorpusError(f"'{path}' holds no valid {MANIFEST}: not a captioned corpus")
     try:

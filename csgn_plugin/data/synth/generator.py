@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 
 from ...progress import Progress, get_logger
-from .atomic_dir import build_into_place, exclusive_lock, lock_path
+from .atomic_dir import build_into_place, exclusive_lock, finished_manifest, lock_path
 from .presets import get_preset
 from .render import render_image
 from .world import IMAGE, World, build_world, stream
@@ -168,15 +168,6 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
     return {**stats, "seconds": time.perf_counter() - start}
 
 
-def _read_manifest(dataset_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(dataset_dir, MANIFEST), encoding="ascii") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("dataset") == "SynthCC" else None
-
-
 def _check_complete(dataset_dir: str, manifest: dict) -> None:
     """Every folder holds the number of files the manifest promises."""
     try:
@@ -206,21 +197,9 @@ def _usable(dataset_dir: str, preset: str, seed: int) -> bool:
     """True for a complete tree of this generator version and of the preset's current spec;
     False when there is none, an older version or one made from another version of the preset's
     numbers (either may be replaced); an error for anything else at that path."""
-    if not os.path.exists(dataset_dir):
-        return False
-    manifest = _read_manifest(dataset_dir)
+    manifest = finished_manifest(dataset_dir, MANIFEST, "SynthCC", preset, seed, SynthCCError)
     if manifest is None:
-        raise SynthCCError(
-            f"'{dataset_dir}' exists but holds no valid {MANIFEST}, so it is not a SynthCC tree "
-            "(generation renames a finished tree into place, so this folder was made otherwise). "
-            "Move or delete it to have SynthCC generated there."
-        )
-    if manifest.get("preset") != preset or manifest.get("seed") != seed:
-        raise SynthCCError(
-            f"'{dataset_dir}/{MANIFEST}' describes preset '{manifest.get('preset')}' seed "
-            f"{manifest.get('seed')}, expected preset '{preset}' seed {seed}: the folder was "
-            "renamed or copied. Delete it to have it generated again."
-        )
+        return False
     if manifest.get("generator_version") != GENERATOR_VERSION:
         return False
     if manifest.get("spec") != json.loads(json.dumps(asdict(get_preset(preset)))):
