@@ -84,7 +84,7 @@ class Progress:
         self.started = self._last_log = time.monotonic()
         self._bar = (
             tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, file=sys.stderr)
-            if enabled
+            if self.enabled
             else None
         )
 
@@ -99,7 +99,7 @@ class Progress:
 
     def status(self, now: Optional[float] = None) -> str:
         """``desc: done/total unit (rate/s, elapsed, ETA)``."""
-        elapsed = (now or time.monotonic()) - self.started
+        elapsed = (time.monotonic() if now is None else now) - self.started
         rate = self.done / max(elapsed, 1e-9)
         text = f"{self.desc}: {self.done}"
         if self.total:
