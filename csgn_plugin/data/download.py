@@ -16,6 +16,9 @@ How a file arrives
     that fails verification is renamed to ``<final>.rejected`` (kept to look at, never used).
     The connect timeout is short and gdown does not retry, so without network the call fails at
     once with the page to fetch the file by hand; running the same command again resumes.
+    Fetching an item holds an exclusive lock on ``.<its final name>.lock`` beside it, so two
+    fetches of the same item at once do one download and one extraction; the other waits and
+    then finds it in place.
 
 Archives
     Recognised by content (zip or tar, any compression tarfile reads). Verified completely
@@ -52,6 +55,7 @@ import requests
 import torch
 
 from ..progress import get_logger
+from .atomic_dir import exclusive_lock, lock_path
 from .base import DatasetLayoutError
 from .check import check_dataset, dataset_class
 
@@ -201,13 +205,16 @@ def _partial_bytes(staging: str) -> int:
     return sum(os.path.getsize(p) for p in glob.glob(glob.escape(staging) + "?" * 8 + ".part"))
 
 
+def _destination(item: Item, root: str) -> str:
+    """Where ``item`` lands: ``<root>/clipreid/<name>.pth`` or the data set's folder."""
+    if item.kind == "model":
+        return os.path.join(root, "clipreid", f"{item.name}.pth")
+    return os.path.join(root, dataset_class(item.dataset).dataset_dir)
+
+
 def _by_hand(item: Item, root: str) -> str:
     drive = f" (Google Drive file https://drive.google.com/file/d/{item.drive_id}/view)"
-    lands = (
-        os.path.join(root, "clipreid", f"{item.name}.pth")
-        if item.kind == "model"
-        else os.path.join(root, dataset_class(item.dataset).dataset_dir)
-    )
+    lands = _destination(item, root)
     return (
         f"Fetch it by hand from {item.page}{drive if item.drive_id else ''}, then pass the file "
         f"(it is verified, then lands in '{lands}'): "
@@ -282,13 +289,16 @@ def fetch(
     root = os.path.abspath(os.path.expanduser(root))
     if archive is not None and not os.path.isfile(archive):
         raise FetchError(f"--archive '{archive}' is not a file")
-    if item.kind == "model":
-        return _fetch_model(item, root, archive, quiet)
-    return _fetch_dataset(item, root, archive, check, quiet)
+    # one fetch of an item at a time: a second one (another shell, a job array) waits, then
+    # finds it in place instead of writing into the same staging names
+    with exclusive_lock(lock_path(_destination(item, root))):
+        if item.kind == "model":
+            return _fetch_model(item, root, archive, quiet)
+        return _fetch_dataset(item, root, archive, check, quiet)
 
 
 def _fetch_model(item: Item, root: str, given: str | None, quiet: bool) -> str:
-    final = os.path.join(root, "clipreid", f"{item.name}.pth")
+    final = _destination(item, root)
     if given is None:
         if os.path.isfile(final):
             get_logger().info(f"{item.name}: '{final}' is already there; nothing fetched")
@@ -305,7 +315,7 @@ def _fetch_model(item: Item, root: str, given: str | None, quiet: bool) -> str:
 
 def _fetch_dataset(item: Item, root: str, given: str | None, check: bool, quiet: bool) -> str:
     folder = dataset_class(item.dataset).dataset_dir
-    target = os.path.join(root, folder)
+    target = _destination(item, root)
     if os.path.isdir(target):
         get_logger().info(f"{item.name}: '{target}' is already there; nothing fetched or extracted")
     else:

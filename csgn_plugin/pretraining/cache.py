@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Optional
 
-from ..data.synth.atomic_dir import exclusive_lock, lock_path
+from ..data.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
 from ..data.synth.generator import GENERATOR_VERSION
 from ..fileio import atomic_save, atomic_write_text

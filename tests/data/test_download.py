@@ -123,7 +123,8 @@ def report_rows(out: str) -> dict:
 
 
 def leftovers(root: str) -> list:
-    return sorted(os.listdir(root))
+    """What a fetch left in ``root``, besides the lock files that serialise fetches."""
+    return sorted(e for e in os.listdir(root) if not e.endswith(".lock"))
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -154,6 +155,37 @@ def test_a_whole_archive_is_fetched_unpacked_checked_and_not_fetched_twice(tmp_p
     assert fetch("ccvid", str(root)) == target
     assert fake.calls == []  # reported, not fetched again
     assert "already there" in capsys.readouterr().out
+
+
+def test_two_fetches_of_one_item_at_once_download_and_extract_it_once(
+    tmp_path, drive, capsys, monkeypatch
+):
+    src = build_ccvid(tmp_path / "src")
+    files = tree_files(src.dataset_dir)
+    archive = make_zip(str(tmp_path / "a.zip"), under("CCVID", files))
+    fake = drive({CATALOGUE["ccvid"].drive_id: archive})
+    second_started = threading.Event()
+
+    def slow_download(*args, **kwargs):  # the first download lasts until the second fetch runs
+        assert second_started.wait(10)
+        time.sleep(0.5)  # long enough for an unserialised second fetch to reach gdown too
+        return fake.download(*args, **kwargs)
+
+    monkeypatch.setattr(gdown, "download", slow_download)
+    root = str(tmp_path / "data")
+    results = []
+    first = threading.Thread(target=lambda: results.append(fetch("ccvid", root, check=False)))
+    first.start()
+    second_started.set()
+    results.append(fetch("ccvid", root, check=False))
+    first.join(30)
+
+    assert results == [os.path.join(root, "CCVID")] * 2
+    assert len(fake.calls) == 1  # one download; the other fetch waited and found it in place
+    assert tree_files(os.path.join(root, "CCVID")) == files
+    assert leftovers(root) == ["CCVID", "archives"]
+    out = capsys.readouterr().out
+    assert out.count("extracting") == 1 and out.count("already there") == 1
 
 
 def test_an_interrupted_download_resumes_to_an_identical_archive(tmp_path, drive, capsys):
@@ -365,7 +397,7 @@ def test_a_clipreid_model_is_written_as_a_verified_pth(tmp_path, drive):
     path = fetch(name, str(root))
 
     assert path == str(root / "clipreid" / f"{name}.pth")
-    assert os.listdir(root / "clipreid") == [f"{name}.pth"]
+    assert leftovers(str(root / "clipreid")) == [f"{name}.pth"]
     loaded = torch.load(path, weights_only=True)
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
@@ -380,7 +412,7 @@ def test_a_damaged_model_file_is_refused(tmp_path, drive):
     root = tmp_path / "data"
     with pytest.raises(FetchError, match="not a readable torch file"):
         fetch(name, str(root))
-    assert os.listdir(root / "clipreid") == [f"{name}.pth.rejected"]
+    assert leftovers(str(root / "clipreid")) == [f"{name}.pth.rejected"]
 
 
 def test_names_outside_the_catalogue_say_how_to_obtain_them():

@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from ...progress import get_logger
-from .atomic_dir import (
+from ..atomic_dir import (
     build_into_place,
     exclusive_lock,
     finished_manifest,

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 
 from ...progress import Progress, get_logger
-from .atomic_dir import build_into_place, exclusive_lock, finished_manifest, lock_path
+from ..atomic_dir import build_into_place, exclusive_lock, finished_manifest, lock_path
 from .presets import get_preset
 from .render import render_image
 from .world import IMAGE, World, build_world, stream
