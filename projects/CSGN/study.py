@@ -15,11 +15,13 @@ difference over the same seeds with a 95% t-interval, as ``<out>/study.{json,md,
 
 import argparse
 import concurrent.futures
+import ctypes
 import datetime
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -32,6 +34,7 @@ sys.path.insert(0, ROOT)
 from csgn_plugin.builders import resolve_synthclip  # noqa: E402
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
+from csgn_plugin.data.atomic_dir import exclusive_lock, lock_path  # noqa: E402
 from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
 from csgn_plugin.engine.checkpoint import config_differences  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
@@ -77,6 +80,7 @@ QUESTIONS = [
     ("CSGN vs OSNet", "csgn", "osnet_x0_25"),
 ]
 PROTOCOLS = ("general", "cc", "sc")
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 CHANCE_TRIALS = 200
 
 
@@ -137,19 +141,23 @@ def stored_metrics(out, preset, variant, seed, args):
 
 
 def run_one(out, preset, variant, seed, args):
-    metrics = stored_metrics(out, preset, variant, seed, args)
-    if metrics is not None:
-        return metrics
     config, opts, run_dir = run_spec(out, preset, variant, seed, args)
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or differently configured run
-    opts = ["--config-file", config, *opts]
-    started = time.time()
-    engine = launch(opts)
-    results = engine.last_results["synthcc"]
-    metrics = {p: {"r1": float(results[p].cmc[0]), "mAP": float(results[p].mAP)} for p in results}
-    metrics["seconds"] = time.time() - started
-    atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics))
-    return metrics
+    # a run folder belongs to one run at a time: a second study on the same folder waits here,
+    # then reuses what the first one finished
+    with exclusive_lock(lock_path(run_dir)):
+        metrics = stored_metrics(out, preset, variant, seed, args)
+        if metrics is not None:
+            return metrics
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or differently configured run
+        started = time.time()
+        engine = launch(["--config-file", config, *opts])
+        results = engine.last_results["synthcc"]
+        metrics = {
+            p: {"r1": float(results[p].cmc[0]), "mAP": float(results[p].mAP)} for p in results
+        }
+        metrics["seconds"] = time.time() - started
+        atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics))
+        return metrics
 
 
 def finished_metrics(run_dir, config_dump):
@@ -165,11 +173,17 @@ def finished_metrics(run_dir, config_dump):
         return json.load(f)
 
 
-def _quiet_worker(threads):
+def _quiet_worker(threads, study_pid):
     """A study worker process: ``threads`` torch threads, console output dropped (every run keeps
-    its own log file in its run folder)."""
+    its own log file in its run folder), and on Linux it dies with the study: a killed study
+    must not leave workers that go on rewriting run folders."""
     import torch
 
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != study_pid:  # the study died before the line above
+            os._exit(1)
     torch.set_num_threads(threads)
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
 
@@ -185,10 +199,13 @@ def run_all(args):
     if not args.smoke:  # and SynthCLIP, pretrained once for every run
         ensure_synthclip_towers(args.data_root)
     keys = [(p, v, s) for p in args.presets for v in args.variants for s in args.seeds]
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=context, initializer=_quiet_worker, initargs=(args.threads,)
-    ) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_quiet_worker,
+        initargs=(args.threads, os.getpid()),
+    )
+    with pool:
         futures = {key: pool.submit(run_one, args.out, *key, args) for key in keys}
         for done, key in enumerate(keys, 1):
             futures[key].result()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from run_helpers import ROOT
@@ -178,3 +179,41 @@ def test_a_finished_synthclip_run_is_found_again(tmp_path, monkeypatch):
     # another SynthCLIP file (another corpus or pretraining) is another run
     files["vit"] = str(tmp_path / "other" / "openai.pt")
     assert study.stored_metrics(str(tmp_path / "out"), "default", "csgn", 0, args) is None
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie is dead, only not yet reaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_study_leaves_no_worker_behind(tmp_path):
+    """Workers left by a killed study would go on rewriting run folders beside the next study."""
+    cmd = [
+        sys.executable, os.path.join(ROOT, "projects", "CSGN", "study.py"), "--smoke",
+        "--variants", "csgn_no_resnet", "--jobs", "2",
+        "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "study"),
+    ]  # fmt: skip
+    study = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(_children(study.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = _children(study.pid)
+        assert study.poll() is None and len(workers) >= 2, "the study never started its workers"
+    finally:
+        study.kill()
+        study.wait()
+    deadline = time.time() + 20
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
