@@ -61,6 +61,13 @@ class Tee:
         self.file.close()
 
 
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that runs ``script`` with ``argv`` (default: this process's arguments), for
+    reports that say how they were made; the script's path is relative to the current folder."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", os.path.relpath(script), *arguments])
+
+
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config-file", default="", help="YAML config (keys: defaults.py)")

@@ -36,6 +36,7 @@ from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.data.image_io import read_image  # noqa: E402
 from csgn_plugin.engine.stages import StageContext  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
+from csgn_plugin.launcher import command_line  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "csgn_synthcc.yaml")
 
@@ -67,7 +68,7 @@ def nearest_prompt_accuracy(model, dataset, transform, bank, batch_size=128) -> 
     return {m: hits[m] / len(dataset) for m in bank}
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--random", action="store_true", help="random towers instead of SynthCLIP")
     p.add_argument("--stage1-epochs", type=int, default=20)
@@ -75,7 +76,8 @@ def main():
     p.add_argument("--data-root", default="reid-data")
     p.add_argument("--out", default=os.path.join(HERE, "results", "prompt_probe"))
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.command = command_line(__file__, argv)
     opts = ["data.root", args.data_root, "cc_data.synthcc_preset", args.preset]
     opts += ["stage1.max_epoch", str(args.stage1_epochs), "runtime.device", "cpu", *args.opts]
     if args.random:
@@ -103,7 +105,7 @@ def main():
     model.eval()
     transform = datamanager.transform_te
     result = {
-        "command": "python " + " ".join(sys.argv),
+        "command": args.command,
         "date": datetime.date.today().isoformat(),
         "device": f"CPU ({os.cpu_count()} cores)",
         "towers": "random" if args.random else "SynthCLIP",

@@ -38,6 +38,7 @@ from csgn_plugin.data.atomic_dir import exclusive_lock, lock_path  # noqa: E402
 from csgn_plugin.data.synth import ensure_synthcc  # noqa: E402
 from csgn_plugin.engine.checkpoint import config_differences  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
+from csgn_plugin.launcher import command_line  # noqa: E402
 from csgn_plugin.launcher import main as launch  # noqa: E402
 from csgn_plugin.pretraining import ensure_synthclip_towers  # noqa: E402
 
@@ -268,7 +269,7 @@ def write_report(out, runs, summary, args):
 
     lines = [
         f"SynthCC accuracy study, {datetime.date.today().isoformat()}, "
-        f"seeds {args.seeds}, command: `python {' '.join(sys.argv)}`",
+        f"seeds {args.seeds}, command: `{args.command}`",
         "",
         "| preset | variant | general R1 | general mAP | CC R1 | CC mAP | SC R1 | SC mAP |",
         "|---|---|---|---|---|---|---|---|",
@@ -309,7 +310,7 @@ def write_report(out, runs, summary, args):
     rows = [{**dict(zip(keys, k)), "mean": v[0], "std": v[1]} for k, v in summary.items()]
     seconds = [m.get("seconds", 0.0) for per_seed in runs.values() for m in per_seed]
     report = {
-        "command": "python " + " ".join(sys.argv),
+        "command": args.command,
         "seeds": args.seeds,
         "rows": rows,
         "paired_differences": differences,
@@ -343,7 +344,7 @@ def plot(out, runs, summary):
     plt.close(fig)
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["default", "hard"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -360,7 +361,8 @@ def main():
         action="store_true",
         help="train nothing: report the (preset, variant) pairs whose runs have all finished",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.command = command_line(__file__, argv)
     args.missing = []  # (preset, variant) pairs left out of a --report-only report
     if args.smoke:
         args.presets, args.seeds, args.epochs, args.stage1_epochs = ["tiny"], [0], 1, 1

@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 from csgn_plugin import builders, checks  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
+from csgn_plugin.launcher import command_line  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "synthcc_osnet.yaml")
 # configs/synthcc_osnet.yaml before it became torchreid's softmax recipe
@@ -154,19 +155,19 @@ def report(gradients: list[dict], epochs: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--gradient-batches", type=int, default=4)
     p.add_argument("--data-root", default="reid-data")
     p.add_argument("--out", default=os.path.join(HERE, "results", "baselines"))
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     engine = build(args.data_root, os.path.join("log", "triplet_probe"), args.opts)  # saves nothing
     gradients = gradient_shares(engine, args.gradient_batches)
     epochs = train_epochs(engine, args.epochs)
-    command = "python " + " ".join(sys.argv)
+    command = command_line(__file__, argv)
     text = report(gradients, epochs, command)
     atomic_write_text(os.path.join(args.out, "triplet_probe.md"), text)
     payload = {"command": command, "gradients": gradients, "epochs": epochs}

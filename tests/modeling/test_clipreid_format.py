@@ -22,6 +22,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from csgn_plugin.builders import model_config as preset_config
+from csgn_plugin.evaluation.evaluator import Evaluator
 from csgn_plugin.launcher import main
 from csgn_plugin.modeling import CSGN
 from csgn_plugin.modeling.clip_weights import clip_arch_config
@@ -360,24 +361,32 @@ def _evaluate_through_tools_test(tmp_path, name, native, released):
     torch.save({"state_dict": native.state_dict(), "model_spec": spec}, native_path)
     tree = build_market1501(tmp_path)
     config_file = os.path.join(ROOT, "configs", f"{name}_market1501.yaml")
+    query_features = []  # what each evaluation extracted itself (no second extraction)
+    extract = Evaluator.extract
+
+    def recording_extract(self, model, loader, what):
+        features, labels = extract(self, model, loader, what)
+        if what.endswith("query features"):
+            query_features.append(features)
+        return features, labels
+
     engines = []
-    for path in (released, native_path):
-        engines.append(
-            main(
-                [
-                    "--config-file", config_file, "data.root", tree.root, "data.workers", "0",
-                    "data.save_dir", str(tmp_path / f"eval_{path.stem}"), "test.batch_size", "6",
-                    "runtime.device", "cpu", "model.load_weights", str(path),
-                ],
-                test_only=True,
-            )
-        )  # fmt: skip
-    features = []
-    for engine in engines:
-        assert engine.runtime.image_size == (256, 128)
-        loader = engine.datamanager.test_loader["market1501"]["query"]
-        features.append(engine.evaluator.extract(engine.model, loader, "query")[0])
-    torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Evaluator, "extract", recording_extract)
+        for path in (released, native_path):
+            engines.append(
+                main(
+                    [
+                        "--config-file", config_file, "data.root", tree.root, "data.workers", "0",
+                        "data.save_dir", str(tmp_path / f"eval_{path.stem}"), "test.batch_size",
+                        "6", "runtime.device", "cpu", "model.load_weights", str(path),
+                    ],
+                    test_only=True,
+                )
+            )  # fmt: skip
+    assert [engine.runtime.image_size for engine in engines] == [(256, 128)] * 2
+    assert len(query_features) == 2 and len(query_features[0]) == len(tree.truth["query"])
+    torch.testing.assert_close(query_features[0], query_features[1], rtol=0, atol=0)
     for mode, res in engines[1].last_results["market1501"].items():
         assert float(engines[0].last_results["market1501"][mode].mAP) == float(res.mAP)
 

@@ -34,11 +34,10 @@ def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     assert all(0 <= r["mean"] <= 100 and r["std"] == 0 for r in rows)  # one seed: no spread
     assert (tmp_path / "study" / "study.png").stat().st_size > 0
     # --report-only trains nothing: finished pairs keep their rows, the rest are named missing
-    report_only = [*cmd, "--report-only", "--variants", "osnet_x0_25", "csgn", "csgn_no_resnet"]
-    proc = subprocess.run(
-        report_only, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import study
+
+    study.main([*cmd[2:], "--report-only", "--variants", "osnet_x0_25", "csgn", "csgn_no_resnet"])
     assert not (tmp_path / "study" / "runs" / "tiny" / "csgn").exists()
     again = (tmp_path / "study" / "study.md").read_text().splitlines()
     assert [row for row in again if row.startswith("| tiny")] == [
@@ -48,9 +47,6 @@ def test_study_smoke_run_writes_table_json_and_plot(tmp_path):
     per_run = tmp_path / "study" / "runs" / "tiny" / "csgn_no_resnet" / "seed0" / "metrics.json"
     assert set(json.loads(per_run.read_text())) == {"general", "cc", "sc", "seconds"}
     # a finished run is reused only under the very config it was made with
-    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
-    import study
-
     from csgn_plugin.compat import load_checkpoint
 
     run_dir = str(per_run.parent)
@@ -101,15 +97,15 @@ def test_chance_row_matches_the_expected_rank1_of_a_random_ranking(tmp_path):
 @pytest.mark.slow
 def test_triplet_probe_reports_gradients_and_feature_statistics(tmp_path):
     out = tmp_path / "probe"
-    cmd = [
-        sys.executable, os.path.join(ROOT, "projects", "CSGN", "triplet_probe.py"),
+    argv = [
         "--epochs", "1", "--gradient-batches", "2", "--data-root", str(tmp_path / "data"),
         "--out", str(out), "cc_data.synthcc_preset", "tiny", "data.height", "64",
         "data.width", "32", "train.batch_size", "16",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import triplet_probe
+
+    triplet_probe.main(argv)  # in this process: a subprocess would import torch again
     report = json.loads((out / "triplet_probe.json").read_text())
     assert len(report["gradients"]) == 2 and [e["epoch"] for e in report["epochs"]] == [1]
     for row in report["gradients"]:
@@ -136,15 +132,13 @@ def test_prompt_probe_holds_out_one_outfit_per_person_and_reports_both_modalitie
     assert [it[0] for it in new] == ["b", "c", "f"]  # each person's highest clothes id
     assert [it[0] for it in seen] == ["a", "d", "e", "g"]
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, os.path.join(ROOT, "projects", "CSGN", "prompt_probe.py"), "--random",
-        "--preset", "tiny", "--stage1-epochs", "1", "--data-root", str(tmp_path / "data"),
-        "--out", str(out), "data.height", "64", "data.width", "32",
+    argv = [
+        "--random", "--preset", "tiny", "--stage1-epochs", "1",
+        "--data-root", str(tmp_path / "data"), "--out", str(out),
+        "data.height", "64", "data.width", "32",
         "clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    prompt_probe.main(argv)  # in this process: a subprocess would import torch again
     report = json.loads((out / "random.json").read_text())
     assert report["chance"] == pytest.approx(1 / report["identities"])
     for split in ("seen", "new_outfit"):
