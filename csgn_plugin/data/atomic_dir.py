@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Iterator
 from typing import Callable, Optional, TypeVar
 
+from ..progress import get_logger
+
 try:
     import fcntl
 except ImportError:  # not POSIX: building still works, without a cross-process lock
@@ -61,6 +63,27 @@ def build_into_place(target_dir: str, build: Callable[[str], T]) -> T:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return result
+
+
+def ensure_built(
+    target_dir: str, usable: Callable[[], bool], build: Callable[[str], T], what: str
+) -> Optional[T]:
+    """Build ``target_dir`` with ``build(tmp_dir)`` unless ``usable()`` finds a finished one there;
+    returns what ``build`` returned, or None when nothing was built. Checked again under the lock
+    (another process may have built it meanwhile); an outdated folder (``usable()`` False) is
+    replaced. ``what`` names the data in the log lines."""
+    if usable():
+        return None
+    with exclusive_lock(lock_path(target_dir)):
+        if usable():  # another process finished it while we waited
+            return None
+        if os.path.exists(target_dir):
+            get_logger().info(
+                f"{what}: '{target_dir}' is from another version or spec; regenerating"
+            )
+            shutil.rmtree(target_dir)
+        get_logger().info(f"{what}: generating into '{target_dir}' ...")
+        return build_into_place(target_dir, build)
 
 
 def read_manifest(folder: str, name: str, dataset: str) -> Optional[dict]:

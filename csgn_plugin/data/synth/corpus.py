@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -33,13 +32,7 @@ from typing import Optional
 import numpy as np
 
 from ...progress import get_logger
-from ..atomic_dir import (
-    build_into_place,
-    exclusive_lock,
-    finished_manifest,
-    lock_path,
-    read_manifest,
-)
+from ..atomic_dir import ensure_built, finished_manifest, read_manifest
 from .captions import (
     COLOUR_NAMES,
     MAX_TOKENS,
@@ -295,24 +288,17 @@ def ensure_corpus(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"corpus seed must be a non-negative integer, got {seed!r}")
     path = corpus_dir(root, preset, seed)
-    if _usable(path, preset, seed):
-        return path
-    with exclusive_lock(lock_path(path)):
-        if _usable(path, preset, seed):  # another process finished it while we waited
-            return path
-        if os.path.exists(path):
-            get_logger().info(
-                f"SynthCLIP corpus: '{path}' is from another version or spec; regenerating"
-            )
-            shutil.rmtree(path)
-        get_logger().info(
-            f"SynthCLIP corpus: generating preset '{preset}' seed {seed} into '{path}' ..."
-        )
-        manifest = build_into_place(path, lambda tmp: generate_corpus(tmp, preset, seed, workers))
-    get_logger().info(
-        f"SynthCLIP corpus: generated {manifest['counts']['images']} captioned images in "
-        f"{manifest['seconds']:.1f} s"
+    manifest = ensure_built(
+        path,
+        lambda: _usable(path, preset, seed),
+        lambda tmp: generate_corpus(tmp, preset, seed, workers),
+        f"SynthCLIP corpus (preset '{preset}' seed {seed})",
     )
+    if manifest is not None:
+        get_logger().info(
+            f"SynthCLIP corpus: generated {manifest['counts']['images']} captioned images in "
+            f"{manifest['seconds']:.1f} s"
+        )
     return path
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import operator
 import os
-import shutil
 import time
 from dataclasses import asdict
 
 from ...progress import Progress, get_logger
-from ..atomic_dir import build_into_place, exclusive_lock, finished_manifest, lock_path
+from ..atomic_dir import ensure_built, finished_manifest
 from .presets import get_preset
 from .render import render_image
 from .world import IMAGE, World, build_world, stream
@@ -217,23 +216,15 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
     get_preset(preset)
     seed = _check_seed(seed)
     dataset_dir = synthcc_dir(root, preset, seed)
-    if _usable(dataset_dir, preset, seed):
-        return dataset_dir
-    with exclusive_lock(lock_path(dataset_dir)):
-        if _usable(dataset_dir, preset, seed):  # another process finished it while we waited
-            return dataset_dir
-        if os.path.exists(dataset_dir):
-            get_logger().info(
-                f"SynthCC: '{dataset_dir}' is from another generator version or preset spec; "
-                "regenerating"
-            )
-            shutil.rmtree(dataset_dir)
-        get_logger().info(
-            f"SynthCC: generating preset '{preset}' seed {seed} into '{dataset_dir}' ..."
-        )
-        stats = build_into_place(dataset_dir, lambda tmp: generate_synthcc(tmp, preset, seed))
-    get_logger().info(
-        f"SynthCC: generated {stats['total_images']} images ({stats['train']['ids']} train ids, "
-        f"{stats['query']['ids']} test ids) in {stats['seconds']:.1f} s"
+    stats = ensure_built(
+        dataset_dir,
+        lambda: _usable(dataset_dir, preset, seed),
+        lambda tmp: generate_synthcc(tmp, preset, seed),
+        f"SynthCC (preset '{preset}' seed {seed})",
     )
+    if stats is not None:
+        get_logger().info(
+            f"SynthCC: generated {stats['total_images']} images ({stats['train']['ids']} train "
+            f"ids, {stats['query']['ids']} test ids) in {stats['seconds']:.1f} s"
+        )
     return dataset_dir
