@@ -134,9 +134,12 @@ def run_spec(out, preset, variant, seed, args):
 
 
 def stored_metrics(out, preset, variant, seed, args):
-    """The metrics of this run if it has finished with exactly this config, else None. The
-    config is compared as the run saved it: with 'synthclip' weights resolved to their files."""
-    config, opts, run_dir = run_spec(out, preset, variant, seed, args)
+    """The metrics of this run if it has finished with exactly this config, else None."""
+    return _stored_metrics(*run_spec(out, preset, variant, seed, args))
+
+
+def _stored_metrics(config, opts, run_dir):
+    # compared as the run saved its config: with 'synthclip' weights resolved to their files
     cfg, _ = resolve_synthclip(load_config(config, opts))
     return finished_metrics(run_dir, cfg.dump())
 
@@ -146,7 +149,7 @@ def run_one(out, preset, variant, seed, args):
     # a run folder belongs to one run at a time: a second study on the same folder waits here,
     # then reuses what the first one finished
     with exclusive_lock(lock_path(run_dir)):
-        metrics = stored_metrics(out, preset, variant, seed, args)
+        metrics = _stored_metrics(config, opts, run_dir)
         if metrics is not None:
             return metrics
         shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or differently configured run
@@ -193,8 +196,8 @@ def run_all(args):
     """Every (preset, variant, seed) run, ``args.jobs`` at a time, each on ``args.threads``
     threads: on a small CPU, independent single-threaded runs use the cores better than one run
     on all of them. Returns {(preset, variant): [metrics per seed]}."""
-    if args.report_only:
-        return collect_finished(args)
+    if args.report_only:  # train nothing: the pairs whose runs have all finished
+        return collect_runs(args, lambda p, v, seed: stored_metrics(args.out, p, v, seed, args))
     for preset in args.presets:  # generate each tree once, before runs race to do it
         ensure_synthcc(args.data_root, preset, 0)
     if not args.smoke:  # and SynthCLIP, pretrained once for every run
@@ -211,28 +214,21 @@ def run_all(args):
         for done, key in enumerate(keys, 1):
             futures[key].result()
             print(f"[{done}/{len(keys)}] {key[0]} {key[1]} seed {key[2]}", flush=True)
+    return collect_runs(args, lambda p, v, seed: futures[(p, v, seed)].result())
+
+
+def collect_runs(args, metrics_of):
+    """{(preset, variant): [metrics per seed]} with each preset's chance row first, from
+    ``metrics_of(preset, variant, seed)`` (None: not run with these settings). A pair with a seed
+    missing gets no row (a study spread over several invocations, e.g. fewer variants on one
+    preset, is reported in one table; the report names the pairs left out)."""
     runs = {}
     for p in args.presets:
         runs[(p, "chance (random ranking)")] = [chance_metrics(args.data_root, p)]
         for v in args.variants:
-            runs[(p, v)] = [futures[(p, v, s)].result() for s in args.seeds]
-    return runs
-
-
-def collect_finished(args):
-    """{(preset, variant): [metrics per seed]} of the (preset, variant) pairs whose runs have all
-    finished with the current settings, without training anything; the others are listed as
-    missing in the report (a study spread over several invocations, e.g. fewer variants on one
-    preset, is reported in one table)."""
-    runs = {}
-    for p in args.presets:
-        runs[(p, "chance (random ranking)")] = [chance_metrics(args.data_root, p)]
-        for v in args.variants:
-            per_seed = [stored_metrics(args.out, p, v, s, args) for s in args.seeds]
+            per_seed = [metrics_of(p, v, seed) for seed in args.seeds]
             if all(m is not None for m in per_seed):
                 runs[(p, v)] = per_seed
-            else:
-                args.missing.append(f"{p}/{v}")
     return runs
 
 
@@ -284,8 +280,9 @@ def write_report(out, runs, summary, args):
         for q, a, b in QUESTIONS
         if (p, a) in runs and (p, b) in runs
     ]
-    if args.missing:
-        lines += ["", "Not run with these settings (no row): " + ", ".join(args.missing) + "."]
+    missing = [f"{p}/{v}" for p in args.presets for v in args.variants if (p, v) not in runs]
+    if missing:
+        lines += ["", "Not run with these settings (no row): " + ", ".join(missing) + "."]
     if asked:
         lines += [
             "",
@@ -363,7 +360,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     args.command = command_line(__file__, argv)
-    args.missing = []  # (preset, variant) pairs left out of a --report-only report
     if args.smoke:
         args.presets, args.seeds, args.epochs, args.stage1_epochs = ["tiny"], [0], 1, 1
     os.makedirs(args.out, exist_ok=True)
