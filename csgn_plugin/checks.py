@@ -28,6 +28,7 @@ from .evaluation import MODES
 from .evaluation.distance import METRICS
 from .evaluation.evaluator import call_model
 from .modeling import MODEL_PRESETS
+from .runtime import CPU_KERNELS
 
 __all__ = [
     "CLIP_SECTIONS",
@@ -149,6 +150,7 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
     _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _choice("runtime.cpu_kernels", cfg.runtime.cpu_kernels, CPU_KERNELS)
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
     _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
     _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
@@ -179,6 +181,7 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
         ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
         ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
         ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
+        ("runtime.cpu_threads", cfg.runtime.cpu_threads, 0),
     ):
         _at_least(key, value, low)
     for part in ("vit", "resnet", "fusion", "head"):

@@ -37,6 +37,7 @@ from .inference import read_model_spec
 from .modeling.spec import ModelSpec, build_model_from_spec
 from .modeling.weights import load_weights_file
 from .progress import get_logger
+from .runtime import AVX2_KERNELS, set_cpu_numerics
 
 tr = torchreid_api()
 
@@ -78,6 +79,22 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
+def cpu_numerics_line(cfg: CfgNode, numerics: dict) -> str:
+    """The log line saying which CPU kernels and how many torch threads the run computes with."""
+    line = (
+        f"=> CPU numerics: {numerics['kernels']} kernels, {numerics['threads']} torch threads "
+        f"(runtime.cpu_kernels {cfg.runtime.cpu_kernels}, runtime.cpu_threads "
+        f"{cfg.runtime.cpu_threads})"
+    )
+    if not numerics["as_asked"]:
+        line += (
+            "; not the AVX2 kernels asked for: this process had computed before the run "
+            f"started, so its numbers may differ from an AVX2 run's (set "
+            f"{' '.join(f'{k}={v}' for k, v in AVX2_KERNELS.items())} before starting Python)"
+        )
+    return line
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -116,6 +133,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
         if spec is not None:
             cfg, adapted = builders.config_for_spec(cfg, spec)
     checks.check_config(cfg, _world_size())
+    numerics = set_cpu_numerics(cfg.runtime.cpu_kernels, cfg.runtime.cpu_threads)
     use_gpu = checks.resolve_device(cfg)
     checks.resolve_amp(cfg, use_gpu)
     rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)
@@ -133,6 +151,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
+        get_logger().info(cpu_numerics_line(cfg, numerics))
         if adapted:
             get_logger().info(
                 f"=> Evaluating the model '{cfg.model.load_weights}' records; config values "

@@ -15,8 +15,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import csgn_plugin  # noqa: E402, F401  (registers datasets and models with torchreid)
+from csgn_plugin.runtime import set_cpu_numerics  # noqa: E402
 
-torch.set_num_threads(1)  # small ops on a shared 2-core CPU run faster single-threaded
+# the kernels runs pin (runtime.cpu_kernels avx2), before any test computes; one thread: small
+# ops on a shared 2-core CPU run faster single-threaded
+set_cpu_numerics("avx2", threads=1)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from csgn_plugin.pretraining import default_settings, ensure_synthclip_towers  # noqa: E402
 from csgn_plugin.pretraining.cache import MANIFEST  # noqa: E402
 from csgn_plugin.pretraining.probe import probe_weights  # noqa: E402
+from csgn_plugin.runtime import set_cpu_numerics  # noqa: E402
 
 SETTING_FLAGS = {
     "steps": int,
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    set_cpu_numerics("avx2")  # the kernels the cache trains with, before anything computes
     began = time.perf_counter()
     paths = ensure_synthclip_towers(
         args.root,

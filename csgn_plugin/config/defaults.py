@@ -153,6 +153,11 @@ def _plugin_sections(cfg: CN) -> None:
     cfg.runtime.amp = "auto"  # 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
     cfg.runtime.channels_last = False
     cfg.runtime.compile = False
+    # what CPU numbers depend on besides the inputs: the kernel set ('avx2': the same numbers on
+    # every x86 CPU with AVX2, with or without AVX-512; 'native': the CPU's best) and the torch
+    # threads (0: one per core, so the numbers depend on the core count; N: always N)
+    cfg.runtime.cpu_kernels = "avx2"
+    cfg.runtime.cpu_threads = 0
     cfg.runtime.pin_memory = True
     cfg.runtime.persistent_workers = True
     cfg.runtime.prefetch_factor = 2
