@@ -18,10 +18,13 @@ metadata, and the manifest holds no time.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import operator
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from typing import Optional
 
 from ...progress import Progress, get_logger
 from ..atomic_dir import ensure_built, finished_manifest
@@ -125,9 +128,37 @@ def _write_info(world: World, info_dir: str) -> None:
             f.writelines(f"{pid:03d}\n" for pid in sorted(pids))
 
 
-def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
-    """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) and return its
-    statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`."""
+#: what the rendering processes share (set before they fork): world, seed, image size, folder
+_RENDERING: tuple = ()
+
+
+def _render_tracklets(indices: list[int]) -> int:
+    """Render and write the images of tracklets ``indices`` of the world being generated."""
+    world, seed, image_size, dataset_dir = _RENDERING
+    written = 0
+    for t in (world.tracklets[i] for i in indices):
+        identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
+        camera = world.cameras[t.camera]
+        for frame in t.frames:
+            rng = stream(seed, IMAGE, t.pid, t.outfit, t.camera, frame)
+            img = render_image(identity, outfit, camera, rng, image_size)
+            folder = (
+                "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
+            )
+            path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
+            img.save(path, format="PNG", compress_level=6, optimize=False)
+            written += 1
+    return written
+
+
+def generate_synthcc(
+    dataset_dir: str, preset: str, seed: int, workers: Optional[int] = None
+) -> dict:
+    """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) with ``workers``
+    processes (default: one per CPU, at most 2; every image has its own random stream, so the
+    files do not depend on it) and return its statistics plus ``seconds``. Not atomic on its
+    own: use :func:`ensure_synthcc`."""
+    global _RENDERING
     spec = get_preset(preset)
     seed = _check_seed(seed)
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
@@ -138,18 +169,24 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
         os.makedirs(os.path.join(dataset_dir, name), exist_ok=True)
     images = sum(len(t.frames) for t in world.tracklets)
     progress = Progress(images, f"SynthCC '{preset}'", "img")
-    for t in world.tracklets:
-        identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
-        camera = world.cameras[t.camera]
-        for frame in t.frames:
-            rng = stream(seed, IMAGE, t.pid, t.outfit, t.camera, frame)
-            img = render_image(identity, outfit, camera, rng, spec.image_size)
-            folder = (
-                "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
-            )
-            path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
-            img.save(path, format="PNG", compress_level=6, optimize=False)
-            progress.update()
+    jobs = [list(range(i, len(world.tracklets), 16)) for i in range(16)]
+    workers = workers or min(2, os.cpu_count() or 1)
+    _RENDERING = (world, seed, spec.image_size, dataset_dir)
+    try:
+        if workers > 1:
+            # an executor, not a Pool: an exception of any kind in a worker (a stopped run)
+            # comes back here instead of leaving the generation waiting
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            try:
+                for written in pool.map(_render_tracklets, jobs):
+                    progress.update(written)
+            finally:
+                pool.shutdown(cancel_futures=True)
+        else:
+            for job in jobs:
+                progress.update(_render_tracklets(job))
+    finally:
+        _RENDERING = ()
     progress.close()
     _write_info(world, os.path.join(dataset_dir, "info"))
     stats = _statistics(world)
