@@ -35,6 +35,9 @@ class TextEncoder(nn.Module):
         self.transformer = transformer
         self.ln_final = ln_final
         self.text_projection = text_projection
+        causal = torch.full_like(attn_mask, float("-inf")).triu_(1)
+        if not torch.equal(attn_mask, causal):
+            raise ValueError("the text transformer's attention mask is not CLIP's causal mask")
         self.register_buffer("attn_mask", attn_mask.clone(), persistent=False)
         self.output_dim = (
             text_projection.out_features
@@ -43,9 +46,14 @@ class TextEncoder(nn.Module):
         )
 
     def forward(self, prompts: torch.Tensor, eot_index: int) -> torch.Tensor:
-        """``prompts`` (B, L, width) -> (B, E): features at the end-of-text position."""
-        x = prompts + self.positional_embedding.to(prompts.dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        """``prompts`` (B, L, width) -> (B, E): features at the end-of-text position.
+
+        CLIP's text attention is causal, so the positions after the end of text change nothing
+        before it: the transformer runs on the first ``eot_index + 1`` positions only (a prompt
+        fills 13 of CLIP's 77, 13 of SynthCLIP's 24)."""
+        length = eot_index + 1
+        x = prompts[:, :length] + self.positional_embedding[:length].to(prompts.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x[:, eot_index])
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
