@@ -28,6 +28,6 @@ setup(
         "matplotlib>=3.6",
         "tqdm>=4.64",
     ],
-    extras_require={"test": ["pytest>=7.4", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6"]},
     entry_points={"torchreid.plugins": ["csgn = csgn_plugin:register"]},
 )
