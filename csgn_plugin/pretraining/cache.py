@@ -242,10 +242,12 @@ def ensure_synthclip_towers(
     paths = {}
     if parallel and len(pending) > 1:
         log(f"SynthCLIP: pretraining {', '.join(pending)} side by side, one process each")
+        began = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a fresh torch in each: no forked threads
         with context.Pool(len(pending)) as pool:
             jobs = [(root, t, chosen[t].to_dict(), checkpoint_every) for t in pending]
             paths.update(zip(pending, pool.starmap(_ensure_in_child, jobs)))
+        log(f"SynthCLIP: {', '.join(pending)} pretrained in {time.perf_counter() - began:.1f} s")
     for tower in towers:
         if tower not in paths:
             paths[tower] = ensure_synthclip(
