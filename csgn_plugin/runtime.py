@@ -28,14 +28,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from .errors import UserError
 from .fileio import atomic_write_text
 from .progress import Progress, get_logger
 
-__all__ = ["NonFiniteLossError", "Runtime", "Throughput", "UnreadableImages"]
+__all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "Runtime", "Throughput", "UnreadableImages"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss (or a weight) became NaN or Inf; the message names where and what to change."""
+
+
+class OutOfMemoryAdvice(UserError, torch.OutOfMemoryError):
+    """Out of GPU memory; the message names the batch size and what to change."""
 
 
 class Throughput:
@@ -165,7 +170,7 @@ class Runtime:
             yield
         except torch.OutOfMemoryError as exc:
             height, width = self.image_size
-            raise torch.OutOfMemoryError(
+            raise OutOfMemoryAdvice(
                 f"out of GPU memory in {what} ({batch}, images {height}x{width}, "
                 f"amp '{self.amp}'). To fit: {advice}. Original error: {exc}"
             ) from exc

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
+from ..errors import ConfigError
 from ..progress import get_logger
 from .samplers import EpochSampler, SeededDataset, build_sampler
 from .transforms import build_transforms, describe
@@ -167,7 +168,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
             return init(name, **kwargs)
         except ValueError as exc:
             if "Invalid dataset name" in str(exc):
-                raise ValueError(
+                raise ConfigError(
                     f"data.sources/targets: unknown {self.data_type} dataset '{name}'. "
                     f"{str(exc).split('. ', 1)[-1]}"
                 ) from exc

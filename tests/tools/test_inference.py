@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from run_helpers import ROOT, checkpoint, opts
+from run_helpers import COMMON, ROOT, checkpoint, opts
 
 import csgn_plugin
 from csgn_plugin.launcher import main
@@ -64,6 +64,23 @@ def test_tools_test_evaluates_the_recorded_model_whatever_the_config_says(traine
     for mode, res in engine.last_results["synthcc"].items():
         assert results[mode]["mAP"] == pytest.approx(float(res.mAP), abs=1e-6)
         assert results[mode]["r1"] == pytest.approx(float(res.cmc[0]), abs=1e-6)
+
+
+def test_a_csgn_checkpoint_is_evaluated_with_the_torchreid_baselines_config(trained):
+    """Only evaluation's checks apply: that config's training sampler cannot form the triplets
+    CSGN trains with, which does not matter to an evaluation; the checkpoint's feature settings
+    (normalised, where that config says raw) give training's numbers back."""
+    tmp, engine = trained
+    best = str(tmp / "run" / "checkpoints" / "best.pth")
+    evaluated = main(
+        ["--config-file", os.path.join(ROOT, "configs", "synthcc_osnet.yaml"),
+         "data.root", str(tmp / "data"), "data.save_dir", str(tmp / "osnet_config"), *COMMON,
+         "model.load_weights", best],
+        test_only=True,
+    )  # fmt: skip
+    assert evaluated.evaluator.options.normalize_feature is True
+    for mode, res in engine.last_results["synthcc"].items():
+        assert float(evaluated.last_results["synthcc"][mode].mAP) == float(res.mAP)
 
 
 def test_a_file_without_a_spec_is_refused_by_the_extractor(tmp_path):
