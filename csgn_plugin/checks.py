@@ -1,9 +1,11 @@
 """The one validator: a config is refused, with the key and what was expected, before any work.
 
-:func:`check_config` runs before data is read or a model built: unknown names (with a
-did-you-mean), out-of-range values, incompatible options, and torchreid keys the plugin does not
-implement set to anything but their default (they would be silently ignored). :func:`check_data`
-and :func:`check_input_size` check what needs the data or the built model, before the first step.
+:func:`check_config` runs before data is read or a model built (the first step of
+``preflight.check_run``): unknown names (with a did-you-mean), out-of-range values, incompatible
+options, and torchreid keys the plugin does not implement set to anything but their default
+(they would be silently ignored); an evaluation only for what it uses. Every refusal is a
+:class:`~csgn_plugin.errors.ConfigError`. :func:`check_input_size` (on the pre-flight's model
+probe) and :func:`check_data` (on the data manager) check what needs a model or the data.
 :func:`describe_model_choice` says, when ``model.name`` is a torchreid model, which sections no
 longer apply and which loss it trains with.
 """
@@ -83,6 +85,12 @@ def _at_least(key: str, value: Any, low: int | float) -> None:
         raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
 
 
+def _at_least_each(cfg: CfgNode, lows: dict[str, float]) -> None:
+    """:func:`_at_least` for each ``{key: lowest value}``."""
+    for key, low in lows.items():
+        _at_least(key, _get(cfg, key), low)
+
+
 def resolve_device(cfg: CfgNode) -> bool:
     """``runtime.device`` -> use CUDA or not."""
     device = cfg.runtime.device
@@ -158,14 +166,16 @@ def _check_names(cfg: CfgNode) -> None:
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
-    for key, value, low in (
-        ("data.height", cfg.data.height, 1),
-        ("data.width", cfg.data.width, 1),
-        ("data.workers", cfg.data.workers, 0),
-        ("data.pad_crop_padding", cfg.data.pad_crop_padding, 0),
-        ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
-    ):
-        _at_least(key, value, low)
+    _at_least_each(
+        cfg,
+        {
+            "data.height": 1,
+            "data.width": 1,
+            "data.workers": 0,
+            "data.pad_crop_padding": 0,
+            "runtime.dist_timeout_s": 1,
+        },
+    )
     for weights_key, arch_key, tower in (
         ("vit_weights", "vit_arch", "synthclip-vit"),
         ("resnet_weights", "resnet_arch", "synthclip-rn"),
@@ -191,12 +201,14 @@ def _check_evaluation(cfg: CfgNode) -> None:
     if protocols != ["auto"]:
         for protocol in protocols:
             _choice("cc_eval.protocols", protocol, MODES)
-    for key, value, low in (
-        ("test.batch_size", cfg.test.batch_size, 1),
-        ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
-        ("cc_eval.max_rank", cfg.cc_eval.max_rank, 1),
-    ):
-        _at_least(key, value, low)
+    _at_least_each(
+        cfg,
+        {
+            "test.batch_size": 1,
+            "cc_eval.chunk_size": 1,
+            "cc_eval.max_rank": 1,
+        },
+    )
 
 
 def _check_training(cfg: CfgNode, world_size: int) -> None:
@@ -207,25 +219,26 @@ def _check_training(cfg: CfgNode, world_size: int) -> None:
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
     _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
     _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
-    for key, value, low in (
-        ("train.batch_size", cfg.train.batch_size, 1),
-        ("train.max_epoch", cfg.train.max_epoch, 0),
-        ("train.print_freq", cfg.train.print_freq, 1),
-        ("train.lr", cfg.train.lr, 0),
-        ("train.warmup_epochs", cfg.train.warmup_epochs, 0),
-        ("train.base_lr_mult", cfg.train.base_lr_mult, 0),
-        ("train.bias_lr_factor", cfg.train.bias_lr_factor, 0),
-        ("sampler.num_instances", cfg.sampler.num_instances, 1),
-        ("stage1.batch_size", cfg.stage1.batch_size, 1),
-        ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
-        ("stage1.warmup_epochs", cfg.stage1.warmup_epochs, 0),
-        ("stage1.print_freq", cfg.stage1.print_freq, 1),
-        ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
-        ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
-    ):
-        _at_least(key, value, low)
-    for part in ("vit", "resnet", "fusion", "head"):
-        _at_least(f"csgn.{part}_lr_factor", cfg.csgn[f"{part}_lr_factor"], 0)
+    _at_least_each(
+        cfg,
+        {
+            "train.batch_size": 1,
+            "train.max_epoch": 0,
+            "train.print_freq": 1,
+            "train.lr": 0,
+            "train.warmup_epochs": 0,
+            "train.base_lr_mult": 0,
+            "train.bias_lr_factor": 0,
+            "sampler.num_instances": 1,
+            "stage1.batch_size": 1,
+            "stage1.max_epoch": 0,
+            "stage1.warmup_epochs": 0,
+            "stage1.print_freq": 1,
+            "runtime.checkpoint_period": 0,
+            "runtime.checkpoint_iters": 0,
+            **{f"csgn.{part}_lr_factor": 0 for part in ("vit", "resnet", "fusion", "head")},
+        },
+    )
     if not 0 < cfg.train.warmup_factor <= 1:
         raise ConfigError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
     if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
