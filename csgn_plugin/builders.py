@@ -193,7 +193,7 @@ def clip_weight_sources(cfg: CfgNode) -> dict[str, tuple[str, str, str]]:
         key = f"clip.{field}"
         if value == SYNTHCLIP:
             kind = "synthclip"
-        elif os.path.isfile(os.path.expanduser(value)):
+        elif os.path.isfile(value):
             kind = "file"
         elif open_clip.get_pretrained_cfg(arch, value):
             kind = "tag"
@@ -247,12 +247,11 @@ def describe_pretrained(cfg: CfgNode) -> str:
     """What ``model.pretrained`` means for ``cfg.model.name``: the weights it starts from."""
     name = cfg.model.name
     if name in MODEL_PRESETS:
-        if not cfg.model.pretrained:
-            return f"=> model.pretrained False: '{name}' starts from random CLIP towers"
-        sources = clip_weight_sources(cfg)
         kinds = {"synthclip": "pretrained here", "file": "a file", "tag": "downloaded by open_clip"}
+        sources = clip_weight_sources(cfg)
         towers = [f"{key} '{value}' ({kinds[kind]})" for key, (_, value, kind) in sources.items()]
-        return f"=> model.pretrained True: '{name}' starts from {', '.join(towers)}"
+        start = ", ".join(towers) or "random CLIP towers"
+        return f"=> model.pretrained {cfg.model.pretrained}: '{name}' starts from {start}"
     if is_torchreid_model(name) and cfg.model.pretrained:
         return (
             f"=> model.pretrained True: torchreid's model '{name}' starts from its ImageNet "

@@ -174,9 +174,9 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
         if replaced:
-            source = f"the checkpoint '{cfg.model.load_weights}'"
             get_logger().info(
-                f"=> Evaluating {source}; config values it decides: {'; '.join(replaced)}"
+                f"=> Evaluating the checkpoint '{cfg.model.load_weights}'; values that differ "
+                f"from the config file's: {'; '.join(replaced)}"
             )
         return _run(cfg, use_gpu, rank, world_size, run_dir, spec, evaluated)
     except Exception as exc:

@@ -13,7 +13,9 @@ left out exactly as the scores leave them out, so the numbers under the images a
 the CMC and mAP use, and the title counts the excluded items that ranked among them. Gallery
 items are framed by what they are (:data:`MARKS`): the same person in the same clothes, the same
 person in other clothes, another person; colours and symbols are explained in a legend on every
-image. Queries the protocol skips (no scored match in the gallery) get no image.
+image. Queries the protocol skips (no scored match in the gallery) get no image. The ranking is
+the evaluation's distance matrix (re-ranked with ``test.rerank``) over the whole gallery, also
+under ``cc_eval.single_shot``, whose scores average several sampled galleries.
 """
 
 from __future__ import annotations
