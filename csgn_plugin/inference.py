@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from .compat import load_checkpoint
-from .data.image_io import read_image
+from .data.image_io import read_image, to_rgb
 from .data.transforms import build_test_transform
 from .errors import CheckpointNotFoundError
 from .evaluation.evaluator import call_model
@@ -137,9 +137,10 @@ def test_transform(input_spec: dict[str, Any]) -> Any:
 class Extractor:
     """Features of images under a model, with the preprocessing its checkpoint records.
 
-    Called like torchreid's ``FeatureExtractor``: a path, a list of paths, an RGB ``uint8``
-    ``(H, W, 3)`` array, a PIL image, a list of those, or an already preprocessed
-    ``(B, 3, H, W)`` tensor. ``camids`` (one per image) feed SIE camera embeddings when the model
+    Called like torchreid's ``FeatureExtractor``: a path, a list of paths, an image array
+    (``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA ``uint8``, ``(H, W)`` 8- or 16-bit grayscale), a PIL
+    image, a list of those, or an already preprocessed ``(B, 3, H, W)`` tensor. Files, arrays and
+    PIL images become 8-bit RGB the same way (the data package's ``to_rgb``). ``camids`` (one per image) feed SIE camera embeddings when the model
     has them; without them no camera term is added. Returns float32 features ``(B, D)`` on the
     device, in eval mode, without gradients.
     """
@@ -158,12 +159,13 @@ class Extractor:
         self.transform = test_transform(spec.input)
 
     def _image(self, item: ImageInput) -> torch.Tensor:
+        # the conversion evaluation reads files with (alpha over black, 16 bits scaled to 8)
         if isinstance(item, str):
             image = read_image(item)
         elif isinstance(item, np.ndarray):
-            image = Image.fromarray(item).convert("RGB")
+            image = to_rgb(Image.fromarray(item))
         elif isinstance(item, Image.Image):
-            image = item.convert("RGB")
+            image = to_rgb(item)
         else:
             raise TypeError(f"expected an image path, array or PIL image, got {type(item)}")
         return self.transform(image)

@@ -156,6 +156,23 @@ class Runtime:
         """fp16's gradient scaler (None for bf16 and fp32, which need none)."""
         return torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
 
+    @staticmethod
+    def backward_and_step(
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scaler: Optional[torch.amp.GradScaler],
+    ) -> None:
+        """``loss.backward()`` then ``optimizer.step()``; through ``scaler`` when there is one
+        (fp16: the loss is scaled before the backward pass, the gradients unscaled before the
+        step, and a step whose gradients overflowed is skipped while the scale shrinks)."""
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
     def images(self, imgs: torch.Tensor) -> torch.Tensor:
         """A batch of images on the device, in the memory format the model runs in."""
         imgs = imgs.to(self.device, non_blocking=True)
