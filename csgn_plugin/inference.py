@@ -140,9 +140,9 @@ class Extractor:
     Called like torchreid's ``FeatureExtractor``: a path, a list of paths, an image array
     (``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA ``uint8``, ``(H, W)`` 8- or 16-bit grayscale), a PIL
     image, a list of those, or an already preprocessed ``(B, 3, H, W)`` tensor. Files, arrays and
-    PIL images become 8-bit RGB the same way (the data package's ``to_rgb``). ``camids`` (one per image) feed SIE camera embeddings when the model
-    has them; without them no camera term is added. Returns float32 features ``(B, D)`` on the
-    device, in eval mode, without gradients.
+    PIL images become 8-bit RGB the same way (the data package's ``to_rgb``). ``camids`` (one
+    per image) feed SIE camera embeddings when the model has them; without them no camera term is
+    added. Returns float32 features ``(B, D)`` on the device, in eval mode, without gradients.
     """
 
     def __init__(

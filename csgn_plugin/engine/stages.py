@@ -113,7 +113,7 @@ class PromptStage(Stage):
         self.epoch = int(state["epoch"])
         self.optimizer_state = state["optimizer"]
         self.scheduler_state = state["scheduler"]
-        self.scaler_state = state.get("scaler")  # absent from checkpoints written before fp16's
+        self.scaler_state = state.get("scaler")  # absent from checkpoints of older versions
 
     @torch.no_grad()
     def cache_features(self, context: StageContext) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -98,7 +98,9 @@ def test_a_picture_gives_the_same_features_as_a_file_an_array_or_a_pil_image(tmp
     """An RGBA picture (alpha 0, 128 and 255 over coloured stripes) and a 16-bit one (values up
     to 65535), each given as a file, as the array it decodes to and as the PIL image: one
     conversion (alpha over black, 16 bits scaled to 8) whatever the kind of input."""
-    spec = ModelSpec("osnet_x0_25", 6, {"loss": "softmax"}, input_spec(64, 32, [0.5] * 3, [0.5] * 3))
+    spec = ModelSpec(
+        "osnet_x0_25", 6, {"loss": "softmax"}, input_spec(64, 32, [0.5] * 3, [0.5] * 3)
+    )
     torch.manual_seed(0)
     extractor = Extractor(build_model_from_spec(spec), spec)
     rgba = np.zeros((64, 32, 4), dtype=np.uint8)
