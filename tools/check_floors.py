@@ -4,8 +4,9 @@
 
 Reads the floors from setup.py (``REQUIRES``, ``TORCHREID_UNDECLARED``, ``TEST_REQUIRES``:
 ``name>=X`` becomes ``name==X``), makes ``--venv`` with ``--python`` (it must lie outside the
-repository), installs the floors there, then this repository with ``--no-deps``, and runs
-``python -m pytest -q -m "not slow"`` from the repository's root with that environment's Python.
+repository), installs the floors there, then a copy of this repository's files (tracked and
+not ignored) with ``--no-deps``, and runs ``python -m pytest -q -m "not slow"`` from the
+repository's root with that environment's Python.
 ``--print`` only prints the pins. PyPI's torch wheels bring CUDA's libraries (about 3 GB).
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = os.path.join(ROOT, "setup.py")
@@ -79,7 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     run([args.python, "-m", "venv", venv])
     python = os.path.join(venv, "bin", "python")
     run([python, "-m", "pip", "install", *floors])
-    run([python, "-m", "pip", "install", "--no-deps", ROOT])
+    with tempfile.TemporaryDirectory() as copy:  # pip builds in the tree it is given
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\0")
+        for name in filter(None, files):
+            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(copy, name))
+        run([python, "-m", "pip", "install", "--no-deps", copy])
     os.chdir(ROOT)
     return subprocess.run([python, "-m", "pytest", "-q", "-m", "not slow"]).returncode
 

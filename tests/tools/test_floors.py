@@ -123,6 +123,18 @@ def providers():
     return importlib.metadata.packages_distributions()  # reads every installed distribution
 
 
+@functools.cache
+def provider_by_record(name):
+    """The distributions whose files hold the module ``name``: Python 3.10's
+    ``packages_distributions`` reads only ``top_level.txt``, which open_clip's wheel lacks."""
+    owns = re.compile(rf"^{re.escape(name)}(/|\.py,)", re.MULTILINE)
+    return [
+        d.metadata["Name"]
+        for d in importlib.metadata.distributions()
+        if owns.search(d.read_text("RECORD") or "")
+    ]
+
+
 def distributions_of(modules, local):
     """The distributions that provide ``modules`` (stdlib and ``local`` module names left out)."""
     provided = providers()
@@ -134,8 +146,9 @@ def distributions_of(modules, local):
         top = module.split(".")[0]
         if top in sys.stdlib_module_names or top in local:
             continue
-        assert top in provided, f"no installed distribution provides '{top}'"
-        found.update(canonical(d) for d in provided[top])
+        owners = provided.get(top) or provider_by_record(top)
+        assert owners, f"no installed distribution provides '{top}'"
+        found.update(canonical(d) for d in owners)
     return found
 
 
