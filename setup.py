@@ -10,7 +10,9 @@ REQUIRES = [
     "torch>=2.5",
     "torchvision>=0.20",  # the release built for torch 2.5
     "torchreid>=0.2.5",
-    "open_clip_torch>=2.27",  # factory.load_state_dict(device=, weights_only=)
+    # factory.load_state_dict(device=, weights_only=) is 2.27's; 2.27.0 imports timm.models.layers,
+    # whose deprecation warning recent timm prints on every start
+    "open_clip_torch>=2.27.1",
     "yacs>=0.1.8",
     "numpy>=1.23",
     "Pillow>=9.4",
@@ -26,7 +28,7 @@ REQUIRES = [
 # and declares none of them; the plugin imports the first four itself (above)
 TORCHREID_UNDECLARED = ["scipy>=1.9", "opencv-python-headless>=4.7.0.68"]
 # The tests write .safetensors files with safetensors; the package reads them through open_clip,
-# which requires safetensors itself (since 2.27, the floor above)
+# which requires safetensors itself (since 2.27)
 TEST_REQUIRES = ["pytest>=7.4", "ruff>=0.6", "safetensors>=0.4"]
 
 setup(

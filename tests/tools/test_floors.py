@@ -45,6 +45,12 @@ FEATURES = [
         r"open_clip_load_state_dict\([^)]*weights_only=",
         "factory.load_state_dict(path, device=, weights_only=)",
     ),
+    (
+        "open_clip_torch",
+        "2.27.1",
+        r"(?m)^import open_clip$",
+        "open_clip imported without a warning (2.27.0 imports timm.models.layers, deprecated)",
+    ),
     ("gdown", "6.0", r"gdown\.exceptions\.DownloadError", "gdown.exceptions.DownloadError"),
     ("gdown", "6.3", r"gdown\.download\([^)]*timeout=", "gdown.download(timeout=...)"),
 ]
