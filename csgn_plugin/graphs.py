@@ -15,12 +15,14 @@ pass) and replays its calls from graphs:
   exact for models that treat samples independently in eval mode (BatchNorm uses its running
   statistics; the plugin's models and torchreid's do).
 
-Capture runs a few warm-up passes (``make_graphed_callables``: 3, then the captured one); the
-module's buffers (BatchNorm's running statistics) are restored afterwards, so a captured step
-leaves the weights and statistics of an eager step. Graphs need CUDA, a single process (no DDP
-hooks) and autocast without its weight cache (``Runtime.autocast``); on a CPU the wrapper calls
-the module. A call with a new key captures a new graph, up to ``max_graphs`` of each kind, then
-runs eagerly.
+The backward graph hands out its gradients in its own buffers: the step must drop them between
+steps (``zero_grad(set_to_none=True)``, as the engine and the prompt stage do) rather than zero
+them in place. Capture runs a few warm-up passes (``make_graphed_callables``: 3, then the
+captured one); the module's buffers (BatchNorm's running statistics) are restored afterwards, so
+a captured step leaves the weights and statistics of an eager step. Graphs need CUDA, a single
+process (no DDP hooks) and autocast without its weight cache (``Runtime.autocast``); on a CPU
+the wrapper calls the module. A call with a new key captures a new graph, up to ``max_graphs``
+of each kind, then runs eagerly.
 """
 
 from __future__ import annotations

@@ -118,9 +118,11 @@ class DecodedImages:
         store = self.images[which]
         host_index = torch.as_tensor(indices, dtype=torch.long)
         if store.device.type == "cpu":
-            images = store.index_select(0, host_index)
-            if store.is_pinned():
-                images = images.pin_memory()
+            pinned = store.is_pinned()  # gathered straight into pinned memory: an async copy
+            images = torch.empty(
+                (len(indices), *store.shape[1:]), dtype=store.dtype, pin_memory=pinned
+            )
+            torch.index_select(store, 0, host_index, out=images)
             images = images.to(device, non_blocking=True)
         else:
             images = store.index_select(0, host_index.to(store.device, non_blocking=True))
