@@ -35,7 +35,7 @@ from torchvision.transforms import InterpolationMode
 from ..compat import torchreid_api
 from .transforms import PixelRandomErasing
 
-__all__ = ["BatchAugmentation", "EraseSpec", "batch_augmentation"]
+__all__ = ["BatchAugmentation", "EraseSpec", "batch_augmentation", "to_device"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class BatchAugmentation:
         self.pad = pad  # None: no crop
         self.erasing = tuple(erasing)
         self._noise: dict[torch.device, torch.Generator] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, list]] = {}
 
     @property
     def random(self) -> bool:
@@ -124,19 +125,18 @@ class BatchAugmentation:
     def apply(self, images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
         """The pipeline with the random numbers of ``plan``."""
         device = images.device
+        # the batch's numbers in one host-to-device copy: flip, top, left, then 4 per box
+        columns = [plan.flip, plan.top, plan.left, *(b.T for b in plan.boxes)]
+        numbers = to_device(torch.from_numpy(np.vstack(columns).T.astype(np.int64)), device)
         if self.flip_p > 0 or self.pad is not None:
-            images = flip_crop(
-                images,
-                torch.from_numpy(plan.flip).to(device),
-                torch.from_numpy(plan.top).to(device),
-                torch.from_numpy(plan.left).to(device),
-                self.pad or 0,
-            )
+            flip, top, left = numbers[:, 0].bool(), numbers[:, 1], numbers[:, 2]
+            images = flip_crop(images, flip, top, left, self.pad or 0)
         out = self._normalise(images)
-        for spec, boxes in zip(self.erasing, plan.boxes):
+        mean, std, fills = self._constants(device)
+        for i, (spec, boxes) in enumerate(zip(self.erasing, plan.boxes)):
             if not boxes[:, 2].any():
                 continue
-            mask = box_mask(torch.from_numpy(boxes).to(device), *self.size)
+            mask = box_mask(numbers[:, 3 + 4 * i : 7 + 4 * i], *self.size)
             if spec.fill is None:
                 generator = self._noise.get(device)
                 if generator is None:
@@ -144,16 +144,35 @@ class BatchAugmentation:
                 generator.manual_seed(plan.noise_seed)
                 fill = torch.randn(out.shape, generator=generator, device=device)
             else:
-                fill = torch.tensor(spec.fill, device=device).view(1, -1, 1, 1)
+                fill = fills[i]
             out = torch.where(mask, fill, out)
         return out
 
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Mean, std and erasing fills on ``device``, made once (a tensor built from Python
+        numbers on a GPU is a synchronous copy)."""
+        if device not in self._on_device:
+            mean = torch.tensor(self.mean).view(1, -1, 1, 1).to(device)
+            std = torch.tensor(self.std).view(1, -1, 1, 1).to(device)
+            fills = [
+                None if spec.fill is None else torch.tensor(spec.fill).view(1, -1, 1, 1).to(device)
+                for spec in self.erasing
+            ]
+            self._on_device[device] = (mean, std, fills)
+        return self._on_device[device]
+
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         # ToTensor's and Normalize's float32 operations, in their order
-        x = images.float().div(255)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std).contiguous()
+        mean, std, _ = self._constants(images.device)
+        return images.float().div(255).sub_(mean).div_(std).contiguous()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``. To a GPU through pinned memory: a copy from pageable memory
+    would first wait for all the work queued on the device (the previous training step)."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def flip_crop(

@@ -38,7 +38,7 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..progress import Progress, get_logger
-from .batch_augment import BatchAugmentation
+from .batch_augment import BatchAugmentation, to_device
 from .transforms import INTERPOLATIONS
 
 __all__ = [
@@ -118,21 +118,23 @@ class DecodedImages:
         store = self.images[which]
         host_index = torch.as_tensor(indices, dtype=torch.long)
         if store.device.type == "cpu":
-            pinned = store.is_pinned()  # gathered straight into pinned memory: an async copy
-            images = torch.empty(
-                (len(indices), *store.shape[1:]), dtype=store.dtype, pin_memory=pinned
-            )
-            torch.index_select(store, 0, host_index, out=images)
-            images = images.to(device, non_blocking=True)
+            images = _gather(store, host_index, store.is_pinned()).to(device, non_blocking=True)
         else:
-            images = store.index_select(0, host_index.to(store.device, non_blocking=True))
+            images = store.index_select(0, to_device(host_index, store.device))
         batch: dict[str, Any] = {"img": images}
+        pin = device.type == "cuda"  # the labels copy to the GPU without waiting, as pinned ones
         for key, values in self.fields.items():
             if torch.is_tensor(values):
-                batch[key] = values.index_select(0, host_index)
+                batch[key] = _gather(values, host_index, pin)
             else:
                 batch[key] = [values[i] for i in indices]
         return batch
+
+
+def _gather(values: torch.Tensor, index: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """``values[index]`` (host), written straight into pinned memory if ``pinned``."""
+    out = torch.empty((len(index), *values.shape[1:]), dtype=values.dtype, pin_memory=pinned)
+    return torch.index_select(values, 0, index, out=out)
 
 
 class _ResizeEach:
