@@ -22,7 +22,7 @@ captured one); the module's buffers (BatchNorm's running statistics) are restore
 a captured step leaves the weights and statistics of an eager step. Graphs need CUDA, a single
 process (no DDP hooks) and autocast without its weight cache (``Runtime.autocast``); on a CPU
 the wrapper calls the module. A call with a new key captures a new graph, up to ``max_graphs``
-of each kind, then runs eagerly.
+of each kind, then runs eagerly; so does a key whose capture failed (reported to ``record``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = ["GraphedModule", "capture_inference", "capture_training"]
 
-Recorder = Callable[[str, float, str], None]  # (kind, seconds, what) of each capture
+# (kind, seconds, what, error) of each capture; error: why it failed (the call then runs eagerly)
+Recorder = Callable[[str, float, str, Optional[BaseException]], None]
 
 
 class _Call(nn.Module):
@@ -112,7 +113,7 @@ class GraphedModule(nn.Module):
         self._train_capture = train_capture
         self._inference_capture = inference_capture
         self.device_type = device_type
-        self._training: dict[tuple, Callable[..., Any]] = {}
+        self._training: dict[tuple, Callable[..., Any]] = {}  # the module: eager
         self._inference: dict[tuple, tuple[int, Callable[..., Any]]] = {}
 
     def forward(self, *args: torch.Tensor) -> Any:
@@ -160,10 +161,16 @@ class GraphedModule(nn.Module):
     def _timed(
         self, capture: Callable[..., Callable[..., Any]], args: Sequence[torch.Tensor], kind: str
     ) -> Callable[..., Any]:
+        """The graphed call, or the module itself when the capture fails (an operation that a
+        graph cannot hold): that key then runs eagerly."""
         start = time.perf_counter()
         # the warm-up and captured passes must not count in the buffers (BatchNorm statistics)
         saved = [b.detach().clone() for b in self.module.buffers()]
-        graphed = capture(self.module, args)
+        error = None
+        try:
+            graphed = capture(self.module, args)
+        except RuntimeError as exc:
+            graphed, error = self.module, exc
         with torch.no_grad():
             for buffer, value in zip(self.module.buffers(), saved):
                 buffer.copy_(value)
@@ -171,5 +178,5 @@ class GraphedModule(nn.Module):
             torch.cuda.synchronize()
         if self.record is not None:
             shapes = ", ".join("x".join(str(n) for n in a.shape) for a in args)
-            self.record(kind, time.perf_counter() - start, f"{self.name} ({shapes})")
+            self.record(kind, time.perf_counter() - start, f"{self.name} ({shapes})", error)
         return graphed

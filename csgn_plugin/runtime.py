@@ -196,7 +196,14 @@ class Runtime:
         if not self.graphs:
             return module
 
-        def record(kind: str, seconds: float, what: str) -> None:
+        def record(kind: str, seconds: float, what: str, error: Optional[BaseException]) -> None:
+            if error is not None:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                self.log(
+                    f"Warning: the {kind} pass of {what} could not be captured as a CUDA graph "
+                    f"({type(error).__name__}: {reason}); it runs eagerly"
+                )
+                return
             phase = f"{name}_graph_capture" if kind == "training" else "eval_graph_capture"
             self.throughput.count(phase, 1, seconds)
             self.log(f"=> CUDA graph of the {kind} pass of {what} captured in {seconds:.1f}s")

@@ -176,6 +176,8 @@ def test_graphed_stage1_text_passes_give_the_eager_loss_and_gradients():
             torch.autograd.grad(graphed, prompts), torch.autograd.grad(eager, prompts)
         ):
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+    # one graph per modality, captured (not left eager after a failed capture), then replayed
+    assert engine.runtime.throughput.phases["stage1_graph_capture"][0] == len(model.modalities)
 
 
 def test_a_run_with_graphs_and_images_decoded_on_the_device(tmp_path):

@@ -115,7 +115,7 @@ def test_graph_wrapper_captures_once_per_key_and_restores_buffers():
     graphed = GraphedModule(
         wrapped,
         "stage2",
-        lambda kind, seconds, what: recorded.append((kind, what)),
+        lambda kind, seconds, what, error: recorded.append((kind, what)),
         train_capture=fake_training_capture(train_calls),
         inference_capture=fake_inference_capture(eval_calls),
         device_type="cpu",
@@ -148,6 +148,30 @@ def test_graph_wrapper_captures_once_per_key_and_restores_buffers():
     assert len(train_calls) == 2
     graphed(x[:3]).sum().backward()  # over max_graphs: eager
     assert len(train_calls) == 2
+
+
+def test_a_failed_capture_is_reported_and_its_key_runs_eagerly():
+    def failing(module, args):
+        module(*args)  # a warm-up pass moved the BatchNorm statistics, then the capture failed
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    net, errors = SmallNet(), []
+    reference = SmallNet()
+    reference.load_state_dict(net.state_dict())
+    graphed = GraphedModule(
+        net,
+        "stage2",
+        lambda kind, seconds, what, error: errors.append(str(error)),
+        train_capture=failing,
+        device_type="cpu",
+    )
+    x = torch.randn(6, 3, 8, 4)
+    torch.testing.assert_close(graphed(x), reference(x))  # one eager step, statistics included
+    assert errors == ["operation not permitted when stream is capturing\nmore"]
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[key], value)
+    graphed(x)  # the same key: eager, no second attempt
+    assert len(errors) == 1
 
 
 @pytest.mark.parametrize(

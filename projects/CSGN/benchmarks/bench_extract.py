@@ -142,6 +142,8 @@ def main():
         "channels_last": runtime.channels_last,
         "cache": args.cache,
         "graphs": runtime.graphs,
+        # a failed capture falls back to the eager pass (with a warning): was it a graph
+        "graph_captured": "eval_graph_capture" in runtime.throughput.phases,
         "decode_s": decode_s,
         "decode_img_per_s": len(dataset) / decode_s if decode_s else None,
         "warmup_s": warmup_s,

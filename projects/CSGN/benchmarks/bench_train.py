@@ -216,6 +216,9 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
         seconds = timed(graphed_step, device, 3, args.steps)
         result["stage2_graphed_img_s"] = b / seconds
         result["stage2_graphed_mfu"] = flops / seconds / (args.peak_tflops * 1e12)
+        # a failed capture falls back to the eager pass (with a warning): say which were graphs
+        captured = graphed_runtime.throughput.phases
+        result["graphs_captured"] = sorted(k for k in captured if k.endswith("_graph_capture"))
     if dm is not None:
         fed = graphed if graphed is not None else engine
         result.update(bench_with_data(fed, model, args))
