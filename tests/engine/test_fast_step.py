@@ -195,7 +195,7 @@ def test_compile_and_channels_last_refusals_and_auto():
     with pytest.raises(ValueError, match="'graphs' needs CUDA"):
         checks.resolve_compile(load_config("", ["runtime.compile", "graphs"]), False, 1, 100)
     with pytest.raises(ValueError, match="single process"):
-        checks.check_config(load_config("", ["runtime.compile", "graphs"]), world_size=2)
+        checks.resolve_compile(load_config("", ["runtime.compile", "graphs"]), True, 2, 100)
     with pytest.raises(ValueError, match="runtime.compile must be one of"):
         checks.check_config(load_config("", ["runtime.compile", "fast"]))
     cfg = load_config("", [*TINY, "model.name", "csgn"])
