@@ -96,7 +96,7 @@ def pil_boxes(op, count, height, width):
 
 @pytest.mark.parametrize("name", ["random_erase_pixel", "random_erase"])
 def test_erasing_boxes_come_from_the_per_image_distribution(name):
-    height, width, count = 128, 64, 4000
+    height, width, count = 128, 64, 3000
     train, _ = pipelines([name], size=(height, width))
     op = next(
         t
