@@ -1,9 +1,11 @@
 """The one validator: a config is refused, with the key and what was expected, before any work.
 
-:func:`check_config` runs before data is read or a model built: unknown names (with a
-did-you-mean), out-of-range values, incompatible options, and torchreid keys the plugin does not
-implement set to anything but their default (they would be silently ignored). :func:`check_data`
-and :func:`check_input_size` check what needs the data or the built model, before the first step.
+:func:`check_config` runs before data is read or a model built (the first step of
+``preflight.check_run``): unknown names (with a did-you-mean), out-of-range values, incompatible
+options, and torchreid keys the plugin does not implement set to anything but their default
+(they would be silently ignored); an evaluation only for what it uses. Every refusal is a
+:class:`~csgn_plugin.errors.ConfigError`. :func:`check_input_size` (on the pre-flight's model
+probe) and :func:`check_data` (on the data manager) check what needs a model or the data.
 :func:`describe_model_choice` says, when ``model.name`` is a torchreid model, which sections no
 longer apply and which loss it trains with.
 """
@@ -20,6 +22,7 @@ from yacs.config import CfgNode
 from .compat import model_factory, torchreid_api
 from .config import ConfigError, get_default_config
 from .data.base import IMAGE_POLICIES
+from .data.image_cache import CACHE_MODES
 from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
 from .data.transforms import check_interpolation, check_transform_names
 from .engine.engine import unwrap_model
@@ -39,6 +42,8 @@ __all__ = [
     "check_input_size",
     "describe_model_choice",
     "resolve_amp",
+    "resolve_channels_last",
+    "resolve_compile",
     "resolve_device",
 ]
 
@@ -56,6 +61,18 @@ UNSUPPORTED_KEYS = {
     "sampler.num_cams": "RandomDomainSampler",
     "sampler.num_datasets": "RandomDatasetSampler",
 }
+# runtime.compile: 'auto', eager, CUDA graphs of the eager passes, or a torch.compile mode
+COMPILE_MODES = (
+    "auto",
+    "off",
+    "graphs",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+# 'auto' graphs runs of at least this many stage-2 steps: a capture costs about four steps
+MIN_GRAPHED_STEPS = 50
 # train.optim: torchreid's names with torchreid's meanings, plus AdamW
 OPTIMIZERS = ("adam", "amsgrad", "adamw", "sgd", "rmsprop")
 # sections that only the plugin's CLIP models (csgn, clipreid_*) read
@@ -76,12 +93,18 @@ def _did_you_mean(value: Any, allowed: Any) -> str:
 def _choice(key: str, value: Any, allowed: Any) -> None:
     if value not in allowed:
         hint = _did_you_mean(value, allowed)
-        raise ValueError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
+        raise ConfigError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
 
 
 def _at_least(key: str, value: Any, low: int | float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-        raise ValueError(f"{key} must be a number >= {low}, got {value!r}")
+        raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
+
+
+def _at_least_each(cfg: CfgNode, lows: dict[str, float]) -> None:
+    """:func:`_at_least` for each ``{key: lowest value}``."""
+    for key, low in lows.items():
+        _at_least(key, _get(cfg, key), low)
 
 
 def resolve_device(cfg: CfgNode) -> bool:
@@ -89,7 +112,10 @@ def resolve_device(cfg: CfgNode) -> bool:
     device = cfg.runtime.device
     _choice("runtime.device", device, ("auto", "cuda", "cpu"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise ConfigError(
+            "runtime.device is 'cuda' but no CUDA device is available: set runtime.device 'cpu' "
+            "(or 'auto')"
+        )
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
@@ -100,8 +126,38 @@ def resolve_amp(cfg: CfgNode, use_gpu: bool) -> str:
     if amp == "auto":
         return "bf16" if use_gpu else "off"
     if amp == "fp16" and not use_gpu:
-        raise ValueError("runtime.amp 'fp16' needs CUDA (its gradient scaler); use 'bf16' on CPU")
+        raise ConfigError("runtime.amp 'fp16' needs CUDA (its gradient scaler); use 'bf16' on CPU")
     return amp
+
+
+def resolve_channels_last(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> bool:
+    """``runtime.channels_last`` -> NHWC or not ('auto': on CUDA, for a model with a
+    convolutional tower - more than one convolution: a ViT's patch embedding alone is not)."""
+    value = cfg.runtime.channels_last
+    _choice("runtime.channels_last", value, ("auto", "on", "off"))
+    if value == "auto":
+        convolutions = sum(isinstance(m, nn.Conv2d) for m in unwrap_model(model).modules())
+        return use_gpu and convolutions > 1
+    return value == "on"
+
+
+def resolve_compile(cfg: CfgNode, use_gpu: bool, world_size: int, steps: int) -> str:
+    """``runtime.compile`` -> 'off', 'graphs' or a torch.compile mode. 'auto': CUDA graphs on
+    CUDA in a single process for runs of at least ``MIN_GRAPHED_STEPS`` stage-2 steps (``steps``),
+    eager otherwise (a CPU, DDP, short runs, evaluation alone)."""
+    value = cfg.runtime.compile
+    _choice("runtime.compile", value, COMPILE_MODES)
+    if value == "auto":
+        fits = use_gpu and world_size == 1 and steps >= MIN_GRAPHED_STEPS
+        return "graphs" if fits else "off"
+    if value == "graphs" and not use_gpu:
+        raise ConfigError("runtime.compile 'graphs' needs CUDA; use 'auto' or 'off' on a CPU")
+    if value == "graphs" and world_size > 1:
+        raise ConfigError(
+            "runtime.compile 'graphs' runs in a single process; with torchrun use 'auto' (eager) "
+            "or a torch.compile mode"
+        )
+    return value
 
 
 def is_clip_model(name: str) -> bool:
@@ -121,83 +177,58 @@ def _check_unsupported(cfg: CfgNode) -> None:
 
 def check_config(cfg: CfgNode, world_size: int = 1) -> None:
     """Refuse unknown names, out-of-range values and incompatible options before any work starts
-    (no data is read, no model built). ``world_size``: the number of DDP processes."""
-    tr = torchreid_api()
+    (no data is read, no model built). ``world_size``: the number of DDP processes.
+
+    An evaluation (``test.evaluate``) is refused only for what it uses: the training options
+    (``train``, ``stage1``, ``sampler``, the loss and checkpoint settings) are not checked."""
     _check_unsupported(cfg)
+    _check_names(cfg)
+    _check_evaluation(cfg)
+    if not cfg.test.evaluate:
+        _check_training(cfg, world_size)
+
+
+def _check_names(cfg: CfgNode) -> None:
+    """Datasets, model, data options and runtime: what training and evaluation both use."""
+    tr = torchreid_api()
     _choice("data.type", cfg.data.type, ("image", "video"))
+    _choice("data.cache", cfg.data.cache, CACHE_MODES)
     registry = vars(tr.data.datasets)[f"__{cfg.data.type}_datasets"]
     for key in ("sources", "targets"):
         for name in cfg.data[key]:
             if name not in registry:
-                raise ValueError(
+                raise ConfigError(
                     f"data.{key}: unknown {cfg.data.type} dataset '{name}'"
                     f"{_did_you_mean(name, registry)} Available: {sorted(registry)}"
                 )
     factory = model_factory()
     if cfg.model.name not in factory:
-        raise KeyError(
+        raise ConfigError(
             f"model.name: unknown model '{cfg.model.name}'"
             f"{_did_you_mean(cfg.model.name, factory)} Available: {sorted(factory)}"
         )
-    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
-    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
     check_transform_names(cfg.data.transforms)
     check_interpolation("data.train_interpolation", cfg.data.train_interpolation)
     check_interpolation("data.test_interpolation", cfg.data.test_interpolation)
-    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
-    _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
-    _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
-    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _choice("runtime.compile", cfg.runtime.compile, COMPILE_MODES)
+    _choice("runtime.channels_last", cfg.runtime.channels_last, ("auto", "on", "off"))
     _choice("runtime.cpu_kernels", cfg.runtime.cpu_kernels, CPU_KERNELS)
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
-    _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
-    _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
-    protocols = list(cfg.cc_eval.protocols)
-    if protocols != ["auto"]:
-        for protocol in protocols:
-            _choice("cc_eval.protocols", protocol, MODES)
-    for key, value, low in (
-        ("train.batch_size", cfg.train.batch_size, 1),
-        ("train.max_epoch", cfg.train.max_epoch, 0),
-        ("train.print_freq", cfg.train.print_freq, 1),
-        ("train.lr", cfg.train.lr, 0),
-        ("train.warmup_epochs", cfg.train.warmup_epochs, 0),
-        ("train.base_lr_mult", cfg.train.base_lr_mult, 0),
-        ("train.bias_lr_factor", cfg.train.bias_lr_factor, 0),
-        ("test.batch_size", cfg.test.batch_size, 1),
-        ("sampler.num_instances", cfg.sampler.num_instances, 1),
-        ("data.height", cfg.data.height, 1),
-        ("data.width", cfg.data.width, 1),
-        ("data.workers", cfg.data.workers, 0),
-        ("data.pad_crop_padding", cfg.data.pad_crop_padding, 0),
-        ("stage1.batch_size", cfg.stage1.batch_size, 1),
-        ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
-        ("stage1.warmup_epochs", cfg.stage1.warmup_epochs, 0),
-        ("stage1.print_freq", cfg.stage1.print_freq, 1),
-        ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
-        ("cc_eval.max_rank", cfg.cc_eval.max_rank, 1),
-        ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
-        ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
-        ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
-        ("runtime.cpu_threads", cfg.runtime.cpu_threads, 0),
-    ):
-        _at_least(key, value, low)
-    for part in ("vit", "resnet", "fusion", "head"):
-        _at_least(f"csgn.{part}_lr_factor", cfg.csgn[f"{part}_lr_factor"], 0)
-    if not 0 < cfg.train.warmup_factor <= 1:
-        raise ValueError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
-    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
-        raise ValueError(
-            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
-            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
-        )
-    if not 0 <= cfg.stage1.warmup_lr <= cfg.stage1.lr:
-        raise ValueError(
-            f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
-            f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
-        )
+    _at_least_each(
+        cfg,
+        {
+            "data.height": 1,
+            "data.width": 1,
+            "data.workers": 0,
+            "data.pad_crop_padding": 0,
+            "data.cache_device_gb": 0,
+            "data.cache_host_gb": 0,
+            "runtime.dist_timeout_s": 1,
+            "runtime.cpu_threads": 0,
+        },
+    )
     for weights_key, arch_key, tower in (
         ("vit_weights", "vit_arch", "synthclip-vit"),
         ("resnet_weights", "resnet_arch", "synthclip-rn"),
@@ -208,29 +239,89 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
                 f"clip.{weights_key} 'synthclip' is pretrained for clip.{arch_key} '{tower}', "
                 f"not '{cfg.clip[arch_key]}'"
             )
-    if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
-        raise ValueError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
     if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":
-        raise ValueError(
+        raise ConfigError(
             "cc_data.image_policy 'skip' works on image datasets only; video frames that cannot "
             "be read always fail naming the file (set cc_data.image_policy 'fail')"
         )
+
+
+def _check_evaluation(cfg: CfgNode) -> None:
+    """The ``test`` and ``cc_eval`` keys an evaluation reads."""
+    _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
+    _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
+    protocols = list(cfg.cc_eval.protocols)
+    if protocols != ["auto"]:
+        for protocol in protocols:
+            _choice("cc_eval.protocols", protocol, MODES)
+    _at_least_each(
+        cfg,
+        {
+            "test.batch_size": 1,
+            "cc_eval.chunk_size": 1,
+            "cc_eval.max_rank": 1,
+        },
+    )
+
+
+def _check_training(cfg: CfgNode, world_size: int) -> None:
+    """What only training reads: loss, sampler, optimizer, schedules, checkpoints."""
+    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
+    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
+    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
+    _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
+    _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
+    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _at_least_each(
+        cfg,
+        {
+            "train.batch_size": 1,
+            "train.max_epoch": 0,
+            "train.print_freq": 1,
+            "train.lr": 0,
+            "train.warmup_epochs": 0,
+            "train.base_lr_mult": 0,
+            "train.bias_lr_factor": 0,
+            "sampler.num_instances": 1,
+            "stage1.batch_size": 1,
+            "stage1.max_epoch": 0,
+            "stage1.warmup_epochs": 0,
+            "stage1.print_freq": 1,
+            "runtime.checkpoint_period": 0,
+            "runtime.checkpoint_iters": 0,
+            **{f"csgn.{part}_lr_factor": 0 for part in ("vit", "resnet", "fusion", "head")},
+        },
+    )
+    if not 0 < cfg.train.warmup_factor <= 1:
+        raise ConfigError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
+    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
+        raise ConfigError(
+            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
+        )
+    if not 0 <= cfg.stage1.warmup_lr <= cfg.stage1.lr:
+        raise ConfigError(
+            f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
+        )
+    if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
+        raise ConfigError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
     uses_triplet = cfg.loss.name == "triplet" or is_clip_model(cfg.model.name)
     if uses_triplet and cfg.sampler.train_sampler not in IDENTITY_SAMPLERS:
-        raise ValueError(
+        raise ConfigError(
             f"a triplet loss (loss.name '{cfg.loss.name}', model '{cfg.model.name}') needs "
             f"positives in every batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} "
             f"(got '{cfg.sampler.train_sampler}')"
         )
     batch, k = cfg.train.batch_size, cfg.sampler.num_instances
     if batch % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch} must be divisible by the number of processes "
             f"({world_size}): each process takes an equal share"
         )
     if cfg.sampler.train_sampler in IDENTITY_SAMPLERS and (batch // world_size) % k:
         share = f" per process ({batch} / {world_size})" if world_size > 1 else ""
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch}{share} must be a multiple of sampler.num_instances={k}: "
             f"an identity sampler fills a batch with whole groups of {k} images per identity"
         )
@@ -270,7 +361,7 @@ def check_data(cfg: CfgNode, datamanager: Any) -> None:
         return
     sampler = datamanager.train_sampler
     if sampler.num_batches() == 0:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} cannot be filled: the training set holds "
             f"{len(sampler.data_source)} images of {datamanager.num_train_pids} identities, not "
             f"enough for one batch of {cfg.sampler.train_sampler}; lower train.batch_size"
@@ -291,7 +382,7 @@ def check_input_size(cfg: CfgNode, model: nn.Module, device: torch.device) -> No
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(
+        raise ConfigError(
             f"model '{cfg.model.name}' cannot take images of data.height x data.width = "
             f"{cfg.data.height}x{cfg.data.width}: {exc}. Use a larger size (ReID: 256x128)"
         ) from exc

@@ -45,6 +45,14 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.data.train_interpolation = "bilinear"
     cfg.data.test_interpolation = "bilinear"
     cfg.data.pad_crop_padding = 10
+    # images decoded once (csgn_plugin/data/image_cache.py): every split read, decoded and
+    # resized a single time into memory, batches augmented on the device. 'auto' (on CUDA),
+    # 'on' (also on a CPU), 'off' (per-image loading in workers). A split goes to the training
+    # device while the splits fit cache_device_gb, then to (pinned) host memory while they fit
+    # cache_host_gb, else it is loaded per image
+    cfg.data.cache = "auto"
+    cfg.data.cache_device_gb = 8.0
+    cfg.data.cache_host_gb = 16.0
     cfg.data.k_tfm = 1
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]
@@ -134,6 +142,9 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.test.rerank = False
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
+    # plugin addition: an evaluation (tools/test.py, test.evaluate True) needs model.load_weights;
+    # True evaluates the model as initialised instead (the table and results.json say so)
+    cfg.test.allow_untrained = False
 
 
 def _plugin_sections(cfg: CN) -> None:
@@ -151,8 +162,14 @@ def _plugin_sections(cfg: CN) -> None:
     cfg.runtime = CN()
     cfg.runtime.device = "auto"  # 'auto' (cuda when available), 'cuda', 'cpu'
     cfg.runtime.amp = "auto"  # 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
-    cfg.runtime.channels_last = False
-    cfg.runtime.compile = False
+    # NHWC images and weights: 'auto' (on CUDA for models with convolutional towers), 'on', 'off'
+    cfg.runtime.channels_last = "auto"
+    # the training step and extraction: 'auto' (CUDA graphs on CUDA, single process, runs of at
+    # least 50 stage-2 steps; eager otherwise), 'graphs' (CUDA graphs of the static-shape passes,
+    # csgn_plugin/graphs.py), 'off' (eager), or a torch.compile mode: 'default',
+    # 'reduce-overhead' (compiled and CUDA-graphed), 'max-autotune'. True / False mean
+    # 'default' / 'off'
+    cfg.runtime.compile = "auto"
     # what CPU numbers depend on besides the inputs: the kernel set ('avx2': the same numbers on
     # every x86 CPU with AVX2, with or without AVX-512; 'native': the CPU's best) and the torch
     # threads (0: one per core, so the numbers depend on the core count; N: always N)

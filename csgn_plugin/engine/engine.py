@@ -193,13 +193,7 @@ class CCEngine(tr.engine.Engine):
                 "'skip'"
             )
             return {k: torch.zeros_like(v) for k, v in losses.logged().items()}
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        runtime.backward_and_step(loss, self.optimizer, self.scaler)
         return losses.logged()
 
     # ------------------------------------------------------------------ one epoch

@@ -81,6 +81,7 @@ class PromptStage(Stage):
        modality, optional cross-modal term), Adam and CLIP-ReID's stage-1 schedule, over a
        permutation of the cache cut into batches (the last one partial, as CLIP-ReID's).
        Each distinct identity of a batch is encoded once (the text tower dominates the cost).
+       Under ``runtime.amp fp16`` the steps go through a gradient scaler, as stage 2's do.
     3. ``attach``: freeze the prompts and hand ``on_text_bank`` the text features of every
        identity for every modality (the bank HSF is computed against in stage 2).
     """
@@ -96,6 +97,7 @@ class PromptStage(Stage):
         self.epoch = 0
         self.optimizer_state: dict | None = None
         self.scheduler_state: dict | None = None
+        self.scaler_state: dict | None = None
 
     def state_dict(self) -> dict:
         return {
@@ -103,6 +105,7 @@ class PromptStage(Stage):
             "epoch": self.epoch,
             "optimizer": self.optimizer_state,
             "scheduler": self.scheduler_state,
+            "scaler": self.scaler_state,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -110,6 +113,7 @@ class PromptStage(Stage):
         self.epoch = int(state["epoch"])
         self.optimizer_state = state["optimizer"]
         self.scheduler_state = state["scheduler"]
+        self.scaler_state = state.get("scaler")  # absent from checkpoints of older versions
 
     @torch.no_grad()
     def cache_features(self, context: StageContext) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -150,9 +154,12 @@ class PromptStage(Stage):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=opts.schedule.lr, weight_decay=opts.weight_decay)
         scheduler = build_prompt_scheduler(optimizer, opts.schedule)
+        scaler = context.runtime.make_scaler()
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
             scheduler.load_state_dict(self.scheduler_state)
+            if scaler is not None and self.scaler_state is not None:
+                scaler.load_state_dict(self.scaler_state)
         criterion = MutualLoss(cross_modal_weight=opts.cross_modal_weight)
         context.runtime.log(
             f"=> Stage 1 (prompt learning): {opts.schedule.max_epoch} epochs, {len(labels)} samples"
@@ -163,8 +170,9 @@ class PromptStage(Stage):
             "lower stage1.batch_size or use runtime.amp 'bf16'",
         )
         with oom:
-            self._train_prompts(context, cached, labels, optimizer, scheduler, criterion)
-        self.optimizer_state = self.scheduler_state = None  # not needed once finished
+            self._train_prompts(context, cached, labels, optimizer, scheduler, criterion, scaler)
+        # not needed once finished
+        self.optimizer_state = self.scheduler_state = self.scaler_state = None
 
     def step_loss(
         self,
@@ -173,16 +181,24 @@ class PromptStage(Stage):
         cached: dict[str, torch.Tensor],
         labels: torch.Tensor,
         index: torch.Tensor,
+        text_pass: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+        id_slots: int = 0,
     ) -> torch.Tensor:
         """The mutual loss of the cached samples ``index`` against their identities' prompts.
 
         ``labels`` and ``index`` live on the CPU: the distinct identities of the batch (each is
-        encoded once) are found there, without a device synchronisation."""
+        encoded once) are found there, without a device synchronisation. ``text_pass(ids,
+        modality)`` encodes them (default: ``model.prompt_features``); ``id_slots`` > 0 pads
+        them to that many with copies of the first (static shapes for a CUDA graph: no sample
+        reads a copy, so the loss and the gradients are unchanged)."""
         device = cached[model.modalities[0]].device
         target = labels[index]
         ids, inverse = target.unique(return_inverse=True)
+        if id_slots:
+            ids = torch.cat([ids, ids[:1].expand(id_slots - len(ids))])
         ids, inverse = ids.to(device, non_blocking=True), inverse.to(device, non_blocking=True)
-        text = {m: model.prompt_features(ids, m).float()[inverse] for m in model.modalities}
+        text_pass = text_pass or model.prompt_features
+        text = {m: text_pass(ids, m).float()[inverse] for m in model.modalities}
         index = index.to(device, non_blocking=True)
         image = {m: cached[m][index] for m in model.modalities}
         loss, _ = criterion(image, text, target.to(device, non_blocking=True))
@@ -196,11 +212,13 @@ class PromptStage(Stage):
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         criterion: MutualLoss,
+        scaler: torch.amp.GradScaler | None,
     ) -> None:
         opts, runtime, model = self.options, context.runtime, context.model
         n = len(labels)
         labels = labels.cpu()
         max_epoch = opts.schedule.max_epoch
+        text_pass, id_slots = self.graphed_text_passes(runtime, model)
         while self.epoch < max_epoch:
             epoch_start = time.time()
             lr = optimizer.param_groups[0]["lr"]
@@ -210,12 +228,12 @@ class PromptStage(Stage):
             steps = 0
             for start in range(0, n, opts.batch_size):
                 with runtime.autocast():
+                    batch = order[start : start + opts.batch_size]
                     loss = self.step_loss(
-                        model, criterion, cached, labels, order[start : start + opts.batch_size]
+                        model, criterion, cached, labels, batch, text_pass, id_slots
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                runtime.backward_and_step(loss, optimizer, scaler)
                 total += loss.detach()
                 steps += 1
             self.epoch += 1
@@ -223,6 +241,7 @@ class PromptStage(Stage):
             scheduler.step()
             self.optimizer_state = optimizer.state_dict()
             self.scheduler_state = scheduler.state_dict()
+            self.scaler_state = None if scaler is None else scaler.state_dict()
             mean = (total / steps).item()  # the epoch's one host sync
             seconds = time.time() - epoch_start
             runtime.throughput.count("stage1_prompt_samples", n, seconds)
@@ -238,6 +257,17 @@ class PromptStage(Stage):
             period = context.checkpoint_period
             if self.finished or (period > 0 and self.epoch % period == 0):
                 context.save_checkpoint()
+
+    def graphed_text_passes(
+        self, runtime: Runtime, model: nn.Module
+    ) -> tuple[Callable[[torch.Tensor, str], torch.Tensor] | None, int]:
+        """With CUDA graphs (``runtime.graphs``): each modality's text pass replayed from a graph
+        over a fixed number of identity slots (``min(stage1.batch_size, ids)``), and that
+        number. Otherwise (None, 0): the eager pass over the distinct identities."""
+        if not runtime.graphs:
+            return None, 0
+        passes = {m: runtime.graphed(_TextPass(model, m), "stage1") for m in model.modalities}
+        return (lambda ids, m: passes[m](ids)), min(self.options.batch_size, model.num_ids)
 
     @torch.no_grad()
     def attach(self, context: StageContext) -> None:
@@ -257,6 +287,19 @@ class PromptStage(Stage):
             f"=> Text bank: {model.num_ids} ids x {', '.join(bank)} "
             f"({next(iter(bank.values())).shape[1]}-d)"
         )
+
+
+class _TextPass(nn.Module):
+    """One modality's prompt features of a tensor of identities (a module, for
+    ``Runtime.graphed``: its parameters are the model's)."""
+
+    def __init__(self, model: nn.Module, modality: str) -> None:
+        super().__init__()
+        self.model = model
+        self.modality = modality
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.prompt_features(ids, self.modality)
 
 
 def stages_for(model: nn.Module) -> tuple[str, ...]:

@@ -12,7 +12,8 @@ A tree is built in a hidden sibling folder and renamed into place when complete,
 file, so a killed generation never leaves a folder that looks like a dataset, and two processes
 asking at once generate it once. The same (preset, seed, generator version) gives byte-identical
 files: every image has its own random stream, PNGs are written with fixed settings and no
-metadata, and the manifest holds no time.
+metadata, and the manifest holds no time. Large trees (``PARALLEL_FROM`` images and more, such
+as the LTCC-size preset) are rendered by one process per CPU; the files are the same.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import multiprocessing
 import operator
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from typing import Optional
 
+from ...errors import ConfigError, UserError
 from ...progress import Progress, get_logger
 from ..atomic_dir import ensure_built, finished_manifest
 from .presets import get_preset
@@ -34,6 +34,8 @@ from .world import IMAGE, World, build_world, stream
 
 #: bump when a change to the generator changes any file; older trees are then regenerated
 GENERATOR_VERSION = 2
+#: trees of this many images and more render in parallel processes
+PARALLEL_FROM = 5000
 MANIFEST = "synthcc.json"
 SPLIT_DIRS = ("train", "query", "test")
 INFO_FILES = (
@@ -44,7 +46,7 @@ INFO_FILES = (
 )
 
 
-class SynthCCError(RuntimeError):
+class SynthCCError(UserError, RuntimeError):
     """A SynthCC folder that is not a complete tree of the requested preset and seed."""
 
 
@@ -60,13 +62,14 @@ def synthcc_dir(root: str, preset: str, seed: int) -> str:
     )
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
+    """``seed`` as an int, or a clear error for anything but a non-negative integer."""
     try:
         value = operator.index(seed)
     except TypeError:
         value = -1
     if isinstance(seed, bool) or value < 0:
-        raise ValueError(
+        raise ConfigError(
             f"SynthCC seed (cc_data.synthcc_seed) must be a non-negative integer, got {seed!r}"
         )
     return value
@@ -128,20 +131,15 @@ def _write_info(world: World, info_dir: str) -> None:
             f.writelines(f"{pid:03d}\n" for pid in sorted(pids))
 
 
-#: what the rendering processes share (set before they fork): world, seed, image size, folder
-_RENDERING: tuple = ()
-
-
-def _render_tracklets(indices: list[int]) -> int:
-    """Render and write the images of tracklets ``indices`` of the world being generated."""
-    world, seed, image_size, dataset_dir = _RENDERING
+def _write_tracklets(dataset_dir: str, world: World, indices: range) -> int:
+    """Render and write the images of ``world.tracklets[indices]``; returns how many."""
     written = 0
-    for t in (world.tracklets[i] for i in indices):
+    for t in world.tracklets[indices.start : indices.stop]:
         identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
         camera = world.cameras[t.camera]
         for frame in t.frames:
-            rng = stream(seed, IMAGE, t.pid, t.outfit, t.camera, frame)
-            img = render_image(identity, outfit, camera, rng, image_size)
+            rng = stream(world.seed, IMAGE, t.pid, t.outfit, t.camera, frame)
+            img = render_image(identity, outfit, camera, rng, world.spec.image_size)
             folder = (
                 "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
             )
@@ -151,16 +149,17 @@ def _render_tracklets(indices: list[int]) -> int:
     return written
 
 
-def generate_synthcc(
-    dataset_dir: str, preset: str, seed: int, workers: Optional[int] = None
-) -> dict:
-    """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) with ``workers``
-    processes (default: one per CPU, at most 2; every image has its own random stream, so the
-    files do not depend on it) and return its statistics plus ``seconds``. Not atomic on its
-    own: use :func:`ensure_synthcc`."""
-    global _RENDERING
+def _write_task(task: tuple[str, World, range]) -> int:
+    return _write_tracklets(*task)
+
+
+def generate_synthcc(dataset_dir: str, preset: str, seed: int, workers: int | None = None) -> dict:
+    """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) and return its
+    statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`.
+    ``workers``: rendering processes (default: one per CPU for trees of ``PARALLEL_FROM``
+    images and more, else this process alone)."""
     spec = get_preset(preset)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
         raise SynthCCError(f"cannot generate SynthCC into '{dataset_dir}': the folder is not empty")
     start = time.perf_counter()
@@ -168,26 +167,22 @@ def generate_synthcc(
     for name in (*SPLIT_DIRS, "info"):
         os.makedirs(os.path.join(dataset_dir, name), exist_ok=True)
     images = sum(len(t.frames) for t in world.tracklets)
-    progress = Progress(images, f"SynthCC '{preset}'", "img")
-    jobs = [list(range(i, len(world.tracklets), 16)) for i in range(16)]
-    workers = workers or min(2, os.cpu_count() or 1)
-    _RENDERING = (world, seed, spec.image_size, dataset_dir)
-    try:
-        if workers > 1:
-            # an executor, not a Pool: an exception of any kind in a worker (a stopped run)
-            # comes back here instead of leaving the generation waiting
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            try:
-                for written in pool.map(_render_tracklets, jobs):
-                    progress.update(written)
-            finally:
-                pool.shutdown(cancel_futures=True)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if images >= PARALLEL_FROM else 1
+    step = 16  # tracklets per task
+    chunks = [
+        range(i, min(i + step, len(world.tracklets))) for i in range(0, len(world.tracklets), step)
+    ]
+    with Progress(images, f"SynthCC '{preset}'", "img") as progress:
+        if workers <= 1:
+            for chunk in chunks:
+                progress.update(_write_tracklets(dataset_dir, world, chunk))
         else:
-            for job in jobs:
-                progress.update(_render_tracklets(job))
-    finally:
-        _RENDERING = ()
-    progress.close()
+            # fork: the world is shared as it is; children render and write files only
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                tasks = [(dataset_dir, world, chunk) for chunk in chunks]
+                for written in pool.imap_unordered(_write_task, tasks):
+                    progress.update(written)
     _write_info(world, os.path.join(dataset_dir, "info"))
     stats = _statistics(world)
     manifest = {
@@ -251,7 +246,7 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
     info/`` in LTCC's layout. Safe against killed runs and concurrent callers (see module doc).
     """
     get_preset(preset)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     dataset_dir = synthcc_dir(root, preset, seed)
     stats = ensure_built(
         dataset_dir,
