@@ -35,6 +35,7 @@ def pytest_cmdline_main(config):
     workers = min(2, os.cpu_count() or 1)
     if (
         workers > 1
+        and "PYTEST_XDIST_WORKER" not in os.environ  # a worker itself never spreads further
         and config.pluginmanager.hasplugin("xdist")
         and config.option.numprocesses is None
         and whole_suite
