@@ -28,8 +28,9 @@ REQUIRES = [
 # and declares none of them; the plugin imports the first four itself (above)
 TORCHREID_UNDECLARED = ["scipy>=1.9", "opencv-python-headless>=4.7.0.68"]
 # The tests write .safetensors files with safetensors; the package reads them through open_clip,
-# which requires safetensors itself (since 2.27)
-TEST_REQUIRES = ["pytest>=7.4", "ruff>=0.6", "safetensors>=0.4"]
+# which requires safetensors itself (since 2.27). pytest-xdist spreads the whole suite over two
+# processes (tests/conftest.py; the suite runs without it, in one)
+TEST_REQUIRES = ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6", "safetensors>=0.4"]
 
 setup(
     name="csgn-reid",

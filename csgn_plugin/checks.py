@@ -31,6 +31,7 @@ from .evaluation import MODES
 from .evaluation.distance import METRICS
 from .evaluation.evaluator import call_model
 from .modeling import MODEL_PRESETS
+from .runtime import CPU_KERNELS
 
 __all__ = [
     "CLIP_SECTIONS",
@@ -213,6 +214,7 @@ def _check_names(cfg: CfgNode) -> None:
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
     _choice("runtime.compile", cfg.runtime.compile, COMPILE_MODES)
     _choice("runtime.channels_last", cfg.runtime.channels_last, ("auto", "on", "off"))
+    _choice("runtime.cpu_kernels", cfg.runtime.cpu_kernels, CPU_KERNELS)
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
     _at_least_each(
         cfg,
@@ -224,6 +226,7 @@ def _check_names(cfg: CfgNode) -> None:
             "data.cache_device_gb": 0,
             "data.cache_host_gb": 0,
             "runtime.dist_timeout_s": 1,
+            "runtime.cpu_threads": 0,
         },
     )
     for weights_key, arch_key, tower in (

@@ -45,6 +45,7 @@ from .inference import CheckpointFacts, read_checkpoint_facts
 from .modeling.spec import ModelSpec, build_model_from_spec
 from .modeling.weights import load_weights_file
 from .progress import LOG_FILE_ENV, get_logger
+from .runtime import AVX2_KERNELS, set_cpu_numerics
 
 tr = torchreid_api()
 
@@ -94,6 +95,22 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. train.max_epoch 10"
     )
     return parser.parse_args(argv)
+
+
+def cpu_numerics_line(cfg: CfgNode, numerics: dict) -> str:
+    """The log line saying which CPU kernels and how many torch threads the run computes with."""
+    line = (
+        f"=> CPU numerics: {numerics['kernels']} kernels, {numerics['threads']} torch threads "
+        f"(runtime.cpu_kernels {cfg.runtime.cpu_kernels}, runtime.cpu_threads "
+        f"{cfg.runtime.cpu_threads})"
+    )
+    if not numerics["as_asked"]:
+        line += (
+            "; not the AVX2 kernels asked for: this process had computed before the run "
+            f"started, so its numbers may differ from an AVX2 run's (set "
+            f"{' '.join(f'{k}={v}' for k, v in AVX2_KERNELS.items())} before starting Python)"
+        )
+    return line
 
 
 def _world_size() -> int:
@@ -153,6 +170,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
         evaluated = {"checkpoint": facts.record() if facts else None, "untrained": facts is None}
     spec = facts.spec if facts is not None else None
     preflight.check_run(cfg, _world_size(), spec)
+    numerics = set_cpu_numerics(cfg.runtime.cpu_kernels, cfg.runtime.cpu_threads)
     use_gpu = checks.resolve_device(cfg)
     checks.resolve_amp(cfg, use_gpu)
     rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)
@@ -173,6 +191,7 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
+        get_logger().info(cpu_numerics_line(cfg, numerics))
         if replaced:
             get_logger().info(
                 f"=> Evaluating the checkpoint '{cfg.model.load_weights}'; values that differ "

@@ -12,7 +12,9 @@
   reported with the step and the loss terms;
 * the throughput of each phase (``throughput.json``) and the images that could not be read
   (``unreadable_images.txt``), both counted over all ranks;
-* logging on the main process only.
+* logging on the main process only;
+* what a CPU result depends on besides its inputs (:func:`set_cpu_numerics`): the kernel set
+  and the number of torch threads.
 """
 
 from __future__ import annotations
@@ -35,7 +37,51 @@ from .fileio import atomic_write_text
 from .graphs import GraphedModule
 from .progress import Progress, get_logger
 
-__all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "Runtime", "Throughput", "UnreadableImages"]
+__all__ = [
+    "CPU_KERNELS",
+    "NonFiniteLossError",
+    "OutOfMemoryAdvice",
+    "Runtime",
+    "Throughput",
+    "UnreadableImages",
+    "set_cpu_numerics",
+]
+
+#: ``runtime.cpu_kernels``: 'avx2' (the kernels every x86 CPU with AVX2 runs, Intel or AMD,
+#: with or without AVX-512: the same numbers on all of them) or 'native' (the CPU's best)
+CPU_KERNELS = ("avx2", "native")
+#: the environment that makes torch run its AVX2 kernels: ATen's own dispatch, oneDNN's
+#: (convolutions) and MKL's (matrix products, in its reproducible AVX2 mode). Each library reads
+#: it when it first computes, so it must be set before any tensor work of the process.
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def set_cpu_numerics(kernels: str, threads: int = 0) -> dict[str, Any]:
+    """Fix the kernel set and the torch thread count, the two things besides its inputs that a
+    CPU result depends on: on a CPU with AVX-512 the native kernels round otherwise than AVX2
+    ones, and more threads split (and so add up) sums otherwise.
+
+    ``kernels``: one of :data:`CPU_KERNELS`; ``threads``: torch's intra-op threads (0: leave
+    torch's default, one per core). Returns what this process runs with: ``{'kernels': ATen's
+    CPU capability, 'threads': n, 'as_asked': bool}``; ``as_asked`` is False when 'avx2' was
+    asked on a CPU that has AVX2 but the process had already chosen other kernels (it computed
+    before this call: the choice is made once per process).
+    """
+    if kernels not in CPU_KERNELS:
+        raise ValueError(f"CPU kernels must be one of {CPU_KERNELS}, got {kernels!r}")
+    if threads < 0:
+        raise ValueError(f"CPU threads must be >= 0 (0: one per core), got {threads}")
+    wanted = kernels == "avx2" and torch.cpu._is_avx2_supported()
+    if wanted:
+        os.environ.update(AVX2_KERNELS)
+    if threads:
+        torch.set_num_threads(threads)
+    capability = torch.backends.cpu.get_cpu_capability()  # decided now if not before
+    return {
+        "kernels": capability,
+        "threads": torch.get_num_threads(),
+        "as_asked": capability == "AVX2" or not wanted,
+    }
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

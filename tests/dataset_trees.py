@@ -306,11 +306,11 @@ def build_ccvid(tmp_path: object) -> Tree:
 
 
 # ---------------------------------------------------------------- Market-1501 (torchreid's own)
-def build_market1501(tmp_path: object) -> Tree:
+def build_market1501(tmp_path: object, test_ids: tuple = (21, 23, 25)) -> Tree:
     """torchreid's Market-1501 layout (``market1501/Market-1501-v15.09.15/bounding_box_train``,
     ``query``, ``bounding_box_test``; names ``<pid>_c<cam>s1_<frame>_00.jpg``): 8 training ids,
-    2 cameras each, 3 images per camera; 3 test ids with one query per camera and 2 gallery images
-    per camera, plus a junk (-1) gallery image."""
+    2 cameras each, 3 images per camera; ``test_ids`` with one query per camera and 2 gallery
+    images per camera, plus a junk (-1) gallery image."""
     root = _root(tmp_path)
     base = os.path.join(root, "market1501", "Market-1501-v15.09.15")
     tree = Tree(root=root, dataset_dir=base, truth={"train": [], "query": [], "gallery": []})
@@ -325,7 +325,7 @@ def build_market1501(tmp_path: object) -> Tree:
         for cam in (1, 2):
             for frame in range(3):
                 add("train", "bounding_box_train", pid, cam, 100 * cam + frame)
-    for pid in (21, 23, 25):
+    for pid in test_ids:
         for cam in (1, 2):
             add("query", "query", pid, cam, 900 + cam)
             for frame in range(2):

@@ -23,7 +23,7 @@ COMMON = [
     "data.height", "64", "data.width", "32", "data.workers", "0",
     "cc_data.synthcc_preset", "tiny", "train.batch_size", "16", "train.max_epoch", "2",
     "train.print_freq", "2", "test.eval_freq", "-1", "test.visrank", "False",
-    "runtime.plot", "False", "runtime.device", "cpu",
+    "runtime.plot", "False", "runtime.device", "cpu", "runtime.cpu_threads", "1",
 ]  # fmt: skip
 # tiny CSGN from random towers (the main job's SynthCLIP pretraining takes minutes), both
 # stages: 3 prompt epochs, then 2 epochs of 4 and 5 steps

@@ -29,6 +29,7 @@ from csgn_plugin.errors import ConfigError  # noqa: E402
 from csgn_plugin.pretraining import default_settings, ensure_synthclip_towers  # noqa: E402
 from csgn_plugin.pretraining.cache import MANIFEST  # noqa: E402
 from csgn_plugin.pretraining.probe import probe_weights  # noqa: E402
+from csgn_plugin.runtime import set_cpu_numerics  # noqa: E402
 
 SETTING_FLAGS = {
     "steps": int,
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {tower: default_settings(tower, **overrides) for tower in towers}
     except ValueError as exc:  # the settings' own check names the field
         raise ConfigError(str(exc)) from exc
+    set_cpu_numerics("avx2")  # the kernels the cache trains with, before anything computes
     began = time.perf_counter()
     paths = ensure_synthclip_towers(
         args.root,

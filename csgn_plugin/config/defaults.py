@@ -170,6 +170,11 @@ def _plugin_sections(cfg: CN) -> None:
     # 'reduce-overhead' (compiled and CUDA-graphed), 'max-autotune'. True / False mean
     # 'default' / 'off'
     cfg.runtime.compile = "auto"
+    # what CPU numbers depend on besides the inputs: the kernel set ('avx2': the same numbers on
+    # every x86 CPU with AVX2, with or without AVX-512; 'native': the CPU's best) and the torch
+    # threads (0: one per core, so the numbers depend on the core count; N: always N)
+    cfg.runtime.cpu_kernels = "avx2"
+    cfg.runtime.cpu_threads = 0
     cfg.runtime.pin_memory = True
     cfg.runtime.persistent_workers = True
     cfg.runtime.prefetch_factor = 2

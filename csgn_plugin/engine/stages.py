@@ -262,9 +262,8 @@ class PromptStage(Stage):
         self, runtime: Runtime, model: nn.Module
     ) -> tuple[Callable[[torch.Tensor, str], torch.Tensor] | None, int]:
         """With CUDA graphs (``runtime.graphs``): each modality's text pass replayed from a graph
-        over a fixed number of identity slots (``min(stage1.batch_size, ids)``), the text
-        transformer stopping at the end-of-text token; and that number. Otherwise (None, 0):
-        the eager pass over the distinct identities, every position."""
+        over a fixed number of identity slots (``min(stage1.batch_size, ids)``), and that
+        number. Otherwise (None, 0): the eager pass over the distinct identities."""
         if not runtime.graphs:
             return None, 0
         passes = {m: runtime.graphed(_TextPass(model, m), "stage1") for m in model.modalities}
@@ -291,8 +290,8 @@ class PromptStage(Stage):
 
 
 class _TextPass(nn.Module):
-    """One modality's prompt features of a tensor of identities, up to the end-of-text token
-    (a module, for ``Runtime.graphed``: its parameters are the model's)."""
+    """One modality's prompt features of a tensor of identities (a module, for
+    ``Runtime.graphed``: its parameters are the model's)."""
 
     def __init__(self, model: nn.Module, modality: str) -> None:
         super().__init__()
@@ -300,7 +299,7 @@ class _TextPass(nn.Module):
         self.modality = modality
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.prompt_features(ids, self.modality, up_to_eot=True)
+        return self.model.prompt_features(ids, self.modality)
 
 
 def stages_for(model: nn.Module) -> tuple[str, ...]:

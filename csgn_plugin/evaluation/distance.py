@@ -55,7 +55,11 @@ class PairwiseDistance:
         self.gallery = F.normalize(gallery, p=2, dim=1) if self.normalize else gallery
         self.gallery_sq_norms = self.gallery.pow(2).sum(dim=1) if metric == "euclidean" else None
 
-    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+    def __call__(self, queries: torch.Tensor, gallery_major: bool = False) -> torch.Tensor:
+        """The (num_query, num_gallery) distances. ``gallery_major``: the same values, computed
+        as the (num_gallery, num_query) product and returned as its transposed view (a strided
+        tensor): on the CPU the product runs about 1.5x faster with the long gallery as its
+        first operand, and a chunked ranker copies small blocks of rows out of it anyway."""
         if queries.shape[1] != self.gallery.shape[1]:
             raise ValueError(
                 f"query features have dimension {queries.shape[1]} but gallery features "
@@ -63,12 +67,20 @@ class PairwiseDistance:
             )
         if self.normalize:
             queries = F.normalize(queries, p=2, dim=1)
+        if gallery_major:
+            return self._distances(self.gallery, queries.t().contiguous(), queries, 1).t()
+        return self._distances(queries, self.gallery.t(), queries, 0)
+
+    def _distances(
+        self, left: torch.Tensor, right: torch.Tensor, queries: torch.Tensor, query_dim: int
+    ) -> torch.Tensor:
+        """``left @ right`` turned into distances; the queries lie along ``query_dim``."""
         if self.metric == "cosine":
             # -(q.g) + 1 rounds exactly like torchreid's 1 - (q.g), without a second buffer
-            return torch.mm(queries, self.gallery.t()).neg_().add_(1)
-        query_sq_norms = queries.pow(2).sum(dim=1)
-        distances = query_sq_norms.unsqueeze(1) + self.gallery_sq_norms.unsqueeze(0)
-        return distances.addmm_(queries, self.gallery.t(), beta=1, alpha=-2)
+            return torch.mm(left, right).neg_().add_(1)
+        query_sq_norms = queries.pow(2).sum(dim=1).unsqueeze(1 - query_dim)
+        distances = query_sq_norms + self.gallery_sq_norms.unsqueeze(query_dim)
+        return distances.addmm_(left, right, beta=1, alpha=-2)
 
 
 def compute_distance_matrix(

@@ -28,18 +28,26 @@ Decisions beyond torchreid's evaluator:
 * A distance matrix with NaN values, or a protocol under which no query has a good item, raises
   ``ValueError`` instead of producing a meaningless score.
 
-Implementation: queries are ranked ``chunk_size`` at a time, vectorised within the chunk with
-torch, on the device of the distance matrix (or of the features); numpy inputs run as CPU tensors
-through the same code. Per chunk each row's distances are sorted once (values only; numpy's SIMD
-sort on the CPU). Only same-identity items can be good or junk, so only their positions are
-needed: a binary search in the sorted row gives each one's position, and every requested
-protocol is scored from that short list, so several protocols cost one sort.
+Implementation: queries are ranked ``chunk_size`` at a time, vectorised with torch, on the device
+of the distance matrix (or of the features); numpy inputs run as CPU tensors through the same
+code. Only same-identity items can be good or junk, so only their positions are needed, and no
+row is sorted: the position of item g in row r is the number of gallery items before it in the
+stable order (a smaller distance, or the same distance and a smaller index). Each row's distances
+are mapped to integer bucket keys by a monotone map (scaled from the row's smallest distance to
+its largest same-identity one); a histogram of the keys counts the items of lower buckets
+exactly, and only the few items sharing a bucket with a same-identity item are compared one by
+one. That is a few passes over each row instead of a sort, and every requested protocol is
+scored from the same positions. On the CPU, blocks of rows are ranked on all torch threads at
+once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -266,66 +274,169 @@ class _Accumulator:
         return RankResult(mode, cmc, mean_ap, num_valid, self.num_queries - num_valid)
 
 
-def _sorted_rows(distances: torch.Tensor) -> torch.Tensor:
-    """Each row's distances in ascending order (values only)."""
-    if distances.device.type == "cpu" and distances.dtype in (torch.float32, torch.float64):
-        # numpy sorts values with SIMD kernels, several times faster than torch's CPU sort,
-        # which also always builds an int64 index matrix
-        return torch.from_numpy(np.sort(distances.numpy(), axis=1))
-    return torch.sort(distances, dim=1).values
+@dataclass(frozen=True)
+class _GalleryIdentities:
+    """The gallery's items grouped by identity, each group in gallery order."""
+
+    order: torch.Tensor  # gallery indices sorted by pid (stable)
+    sorted_pids: torch.Tensor
+
+    @classmethod
+    def of(cls, pids: torch.Tensor) -> _GalleryIdentities:
+        order = torch.sort(pids, stable=True).indices
+        return cls(order, pids[order])
+
+    def pairs(self, query_pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (query row, gallery index) of the same identity, by row, then gallery index."""
+        first = torch.searchsorted(self.sorted_pids, query_pids, side="left")
+        counts = torch.searchsorted(self.sorted_pids, query_pids, side="right") - first
+        rows = torch.repeat_interleave(torch.arange(len(query_pids), device=counts.device), counts)
+        slot = (
+            torch.arange(rows.shape[0], device=rows.device)
+            - (torch.cumsum(counts, 0) - counts)[rows]
+        )
+        return rows, self.order[first[rows] + slot]
 
 
-def _tie_corrections(
-    distances: torch.Tensor, rows: torch.Tensor, gallery_index: torch.Tensor, values: torch.Tensor
+#: distances ranked at a time per worker: on a CPU, 16 rows of a LaST-size gallery, so that a
+#: block of a gallery-major chunk reads whole cache lines; on a GPU, fewer kernel launches
+_BLOCK_ENTRIES = {"cpu": 2**21, "cuda": 2**26}
+#: rows of a block: its bucket keys (row offset included) stay exact integers in float32
+_MAX_BLOCK_ROWS = 256
+
+
+def _bucket_count(num_gallery: int) -> int:
+    """Buckets per row: about four gallery items each (a power of two, 4 to 2**15)."""
+    return min(2**15, max(4, 1 << max(0, math.ceil(math.log2(num_gallery / 4)))))
+
+
+def _positions(
+    distances: torch.Tensor,
+    lowest: torch.Tensor,
+    columns: torch.Tensor,
+    gallery_index: torch.Tensor,
 ) -> torch.Tensor:
-    """For each item, how many items of its row have the same distance and a smaller index."""
-    num_gallery = distances.shape[1]
-    index = torch.arange(num_gallery, device=distances.device)
-    corrections = torch.empty_like(rows)
-    batch = max(1, 2**24 // num_gallery)  # bounds the (batch, num_gallery) mask
-    for start in range(0, rows.shape[0], batch):
-        part = slice(start, start + batch)
-        equal_before = distances[rows[part]] == values[part].unsqueeze(1)
-        equal_before &= index.unsqueeze(0) < gallery_index[part].unsqueeze(1)
-        corrections[part] = equal_before.sum(dim=1)
-    return corrections
+    """The 0-based position of each item (``gallery_index`` in query ``columns``) in its
+    query's ranking, equal distances ordered by gallery index.
+
+    ``distances``: (G, b), gallery along dim 0, NaN-free: a column block of a gallery-major
+    product, or the transposed view of a row-major block; every step below reads and writes in
+    the block's own memory order. ``lowest``: each query's smallest distance.
+
+    Keys: ``clamp(d * scale + shift)`` truncated to an integer is non-decreasing in ``d`` (every
+    step rounds monotonically), so items of a lower key lie before the item and items of a
+    higher key after it; only the items that share a key with a same-identity item (members)
+    need their distances compared. Each query gets its own range of keys (an offset), so one
+    histogram counts a whole block.
+    """
+    num_gallery, num_queries = distances.shape
+    buckets = _bucket_count(num_gallery)
+    work = torch.promote_types(distances.dtype, torch.float32)
+    values = distances[gallery_index, columns].to(work)
+    lowest = lowest.to(work)
+    highest = torch.full_like(lowest, math.nan)
+    highest.scatter_reduce_(0, columns, values, reduce="amax", include_self=False)
+    # lowest -> key 0 and the farthest same-identity item -> key buckets - 2 (the last bucket
+    # collects the rest); queries whose scale is not finite (no item, equal or infinite
+    # distances) get scale 1: still monotone, only coarser
+    offsets = torch.arange(num_queries, device=distances.device, dtype=work) * buckets
+    scale = (buckets - 2) / (highest - lowest)
+    shift = offsets - lowest * scale
+    usable = torch.isfinite(scale) & (scale > 0) & torch.isfinite(shift)
+    scale = torch.where(usable, scale, 1.0)
+    shift = torch.where(usable, shift, offsets)
+    keys = torch.addcmul(shift, distances, scale).clamp_(offsets, offsets + buckets - 1).long()
+    # the keys in memory order: query-major (a row-major block) or gallery-major
+    query_major = not keys.is_contiguous()
+    flat_keys = (keys.t() if query_major else keys).reshape(-1)
+    histogram = torch.bincount(flat_keys, minlength=num_queries * buckets)
+    before_key = torch.cumsum(histogram, 0).sub_(histogram)  # earlier queries' items included
+    item_keys = keys[gallery_index, columns]
+    del keys
+    is_item_key = torch.zeros(num_queries * buckets, dtype=torch.bool, device=distances.device)
+    is_item_key[item_keys] = True
+    members = is_item_key.take(flat_keys).nonzero().squeeze(1)  # memory positions, ascending
+    if query_major:
+        member_columns, member_index = members // num_gallery, members % num_gallery
+        item_positions = columns * num_gallery + gallery_index
+    else:
+        member_index, member_columns = members // num_queries, members % num_queries
+        item_positions = gallery_index * num_queries + columns
+    member_keys = flat_keys[members]
+    del flat_keys
+    # members by (key, distance, gallery index): within a query, memory order is gallery order
+    order = torch.sort(distances[member_index, member_columns], stable=True).indices
+    order = order[torch.sort(member_keys[order], stable=True).indices]
+    rank_among_members = torch.empty_like(order)
+    rank_among_members[order] = torch.arange(order.shape[0], device=order.device)
+    own = torch.searchsorted(members, item_positions)
+    first_of_key = torch.searchsorted(member_keys[order], item_keys)
+    before = before_key[item_keys] - columns * num_gallery
+    return before + rank_among_members[own] - first_of_key
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _one_thread_per_op() -> Iterator[None]:
+    """torch ops single-threaded for a while: the caller runs several at once instead."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _map_blocks(function: Callable[[int], T], blocks: range, device: torch.device) -> list[T]:
+    """``function`` over ``blocks``; on the CPU, one block per torch thread at a time (a
+    block's ops are too small to share well between threads, and bincount has one thread)."""
+    workers = min(torch.get_num_threads(), len(blocks)) if device.type == "cpu" else 1
+    if workers <= 1:
+        return [function(block) for block in blocks]
+    with _one_thread_per_op(), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, blocks))
 
 
 def _same_identity_ranks(
-    distances: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor
+    distances: torch.Tensor,
+    query_pids: torch.Tensor,
+    identities: _GalleryIdentities,
+    first_row: int,
 ) -> _SameIdentityItems:
-    """Where each query's same-identity gallery items fall in its ranking.
+    """Where each query's same-identity gallery items fall in its ranking (``distances``
+    row-major, or the transposed view of a gallery-major product)."""
+    num_rows, num_gallery = distances.shape
+    lowest = distances.amin(dim=1)  # NaN where a row holds one
+    if bool(torch.isnan(lowest).any()):
+        raise ValueError(
+            f"distance matrix has NaN values in query rows {first_row}.."
+            f"{first_row + num_rows - 1}: check the features"
+        )
+    rows, gallery_index = identities.pairs(query_pids)
+    per_block = _BLOCK_ENTRIES.get(distances.device.type, _BLOCK_ENTRIES["cuda"]) // num_gallery
+    step = min(max(1, per_block), _MAX_BLOCK_ROWS)
+    bounds = torch.searchsorted(rows, torch.arange(0, num_rows + step, step, device=rows.device))
+    bounds = bounds.tolist()
 
-    Only these items can be good or junk, so their positions are all the metrics need: the
-    position of item g in row r is the number of distances below d(r, g) (a binary search in the
-    sorted row) plus, on exact ties, the tied items with a smaller gallery index (the order a
-    stable argsort gives).
-    """
-    num_rows = distances.shape[0]
-    rows, gallery_index = (query_pids.unsqueeze(1) == gallery_pids.unsqueeze(0)).nonzero(
-        as_tuple=True
-    )
+    def rank_block(block: int) -> torch.Tensor:
+        start = block * step
+        items = slice(bounds[block], bounds[block + 1])
+        return _positions(
+            distances[start : start + step].t(),
+            lowest[start : start + step],
+            rows[items] - start,
+            gallery_index[items],
+        )
+
+    blocks = range(math.ceil(num_rows / step))
+    positions = torch.cat(_map_blocks(rank_block, blocks, distances.device))
+    # by row, then position (positions within a row are distinct)
+    order = torch.sort(rows * num_gallery + positions).indices
+    rows, positions, gallery_index = rows[order], positions[order], gallery_index[order]
     row_counts = torch.bincount(rows, minlength=num_rows)
     row_starts = torch.cumsum(row_counts, 0) - row_counts
-    slot = torch.arange(rows.shape[0], device=rows.device) - row_starts[rows]
-    # each row's same-identity distances side by side, padded with +inf, sorted per row: this
-    # orders the items by (distance, gallery index) without a sort over all pairs at once
-    padded = distances.new_full((num_rows, max(int(row_counts.max()), 1)), float("inf"))
-    padded[rows, slot] = distances[rows, gallery_index]
-    padded, slot_order = torch.sort(padded, dim=1, stable=True)
-    rows, rank_slot = (slot_order < row_counts.unsqueeze(1)).nonzero(as_tuple=True)
-    in_order = row_starts[rows] + slot_order[rows, rank_slot]
-    gallery_index = gallery_index[in_order]
-
-    sorted_rows = _sorted_rows(distances)
-    positions = torch.searchsorted(sorted_rows, padded, side="left")[rows, rank_slot]
-    at_or_below = torch.searchsorted(sorted_rows, padded, side="right")[rows, rank_slot]
-    del sorted_rows
-    tied = at_or_below - positions > 1  # another item shares this exact distance
-    if bool(tied.any()):
-        positions[tied] += _tie_corrections(
-            distances, rows[tied], gallery_index[tied], padded[rows[tied], rank_slot[tied]]
-        )
     return _SameIdentityItems(rows, positions, gallery_index, row_starts, row_counts)
 
 
@@ -333,17 +444,13 @@ def _rank_chunk(
     distances: torch.Tensor,
     query: _Labels,
     gallery: _Labels,
+    identities: _GalleryIdentities,
     modes: tuple[str, ...],
     accumulators: dict[str, _Accumulator],
     first_row: int,
 ) -> None:
     """Rank one chunk of query rows once and add it to every protocol's totals."""
-    if bool(torch.isnan(distances).any()):
-        raise ValueError(
-            f"distance matrix has NaN values in query rows {first_row}.."
-            f"{first_row + distances.shape[0] - 1}: check the features"
-        )
-    items = _same_identity_ranks(distances, query.pids, gallery.pids)
+    items = _same_identity_ranks(distances, query.pids, identities, first_row)
     del distances  # a computed chunk is not needed any more
     same_cam = query.camids[items.rows] == gallery.camids[items.gallery_index]
     same_clothes = (
@@ -367,11 +474,20 @@ def _evaluate_chunks(
     """Score all queries; ``chunk_distances(start, end)`` gives the rows start..end-1."""
     num_query = query.pids.shape[0]
     accumulators = {mode: _Accumulator(max_rank, device) for mode in modes}
+    identities = _GalleryIdentities.of(gallery.pids)
     starts = range(0, num_query, chunk_size)
     for start in track(starts, "ranking", unit=f"chunk of {chunk_size} queries"):
         end = min(start + chunk_size, num_query)
         chunk_labels = query.subset(slice(start, end))
-        _rank_chunk(chunk_distances(start, end), chunk_labels, gallery, modes, accumulators, start)
+        _rank_chunk(
+            chunk_distances(start, end),
+            chunk_labels,
+            gallery,
+            identities,
+            modes,
+            accumulators,
+            start,
+        )
     return {mode: accumulators[mode].result(mode) for mode in modes}
 
 
@@ -527,11 +643,10 @@ def evaluate_features(
     """Score query features against gallery features without ever holding the distance matrix.
 
     Distances (same definitions as :func:`compute_distance_matrix`) are computed ``chunk_size``
-    query rows at a time, and every requested protocol is scored from the same sorted chunk.
-    Beyond the features, a chunk holds its distances and their sorted copy, about
-    ``chunk_size * num_gallery * 2 * itemsize`` bytes (1 GB for 1,024 x 125,353 in float32; on
-    a GPU torch's sort adds 8 bytes per entry for its indices). If either feature set is a CUDA
-    tensor the work runs on that GPU.
+    query rows at a time, and every requested protocol is scored from the same ranked chunk.
+    Beyond the features, a chunk holds its distances, ``chunk_size * num_gallery * itemsize``
+    bytes (513 MB for 1,024 x 125,353 in float32), plus small blocks of rows being ranked. If
+    either feature set is a CUDA tensor the work runs on that GPU.
     """
     requested = _check_modes(modes)
     if metric not in METRICS:
@@ -560,7 +675,7 @@ def evaluate_features(
         device,
     )
     results = _evaluate_chunks(
-        lambda start, end: distance(query_features[start:end]),
+        lambda start, end: distance(query_features[start:end], gallery_major=True),
         query,
         gallery,
         requested,

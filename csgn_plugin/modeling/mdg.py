@@ -35,28 +35,23 @@ class TextEncoder(nn.Module):
         self.transformer = transformer
         self.ln_final = ln_final
         self.text_projection = text_projection
+        causal = torch.full_like(attn_mask, float("-inf")).triu_(1)
+        if not torch.equal(attn_mask, causal):
+            raise ValueError("the text transformer's attention mask is not CLIP's causal mask")
         self.register_buffer("attn_mask", attn_mask.clone(), persistent=False)
-        # CLIP's mask is causal: no position after the end-of-text token can reach it
-        future = torch.ones_like(attn_mask, dtype=torch.bool).triu(1)
-        self.causal = bool(
-            torch.isneginf(attn_mask[future]).all() and (attn_mask[~future] == 0).all()
-        )
         self.output_dim = (
             text_projection.out_features
             if isinstance(text_projection, nn.Linear)
             else text_projection.shape[1]
         )
 
-    def forward(
-        self, prompts: torch.Tensor, eot_index: int, up_to_eot: bool = False
-    ) -> torch.Tensor:
+    def forward(self, prompts: torch.Tensor, eot_index: int) -> torch.Tensor:
         """``prompts`` (B, L, width) -> (B, E): features at the end-of-text position.
 
-        ``up_to_eot``: run the transformer over the positions up to the end-of-text token only.
-        Under the causal mask the positions after it never reach it, so the features are the
-        same (up to float rounding) for a fraction of the work (13 of 77 positions for
-        CLIP-ReID's prompt)."""
-        length = eot_index + 1 if up_to_eot and self.causal else prompts.shape[1]
+        CLIP's text attention is causal, so the positions after the end of text change nothing
+        before it: the transformer runs on the first ``eot_index + 1`` positions only (a prompt
+        fills 13 of CLIP's 77, 13 of SynthCLIP's 24)."""
+        length = eot_index + 1
         x = prompts[:, :length] + self.positional_embedding[:length].to(prompts.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x[:, eot_index])

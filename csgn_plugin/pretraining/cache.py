@@ -8,8 +8,13 @@
         synthclip.json  settings, architecture, corpus, loss summary, wall time
 
 ``key`` hashes everything that decides the weights: the settings, the architecture's config, the
-corpus's version and spec (and SynthCC's renderer version), the training code's version. A
-changed setting gets a new entry; a complete entry is reused at once. Training runs in
+corpus's version and spec (and SynthCC's renderer version), the training code's version, and the
+CPU numerics (kernel set and thread count). Towers train on one torch thread with torch's AVX2
+kernels wherever the CPU has AVX2 (``runtime.set_cpu_numerics``), so the weights are the same on
+every such CPU, whatever its core count or AVX-512; a process that computes with other kernels
+(a process chooses once, when it first computes) hands the training to a fresh process.
+
+A changed setting gets a new entry; a complete entry is reused at once. Training runs in
 ``.<entry>.partial/`` (holding the resumable ``progress.pt``) under the entry's lock and is
 renamed into place when the files are written, so a killed run resumes where its last
 checkpoint left it the next time anyone asks.
@@ -25,12 +30,15 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Optional
 
+import torch
+
 from ..data.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
 from ..data.synth.generator import GENERATOR_VERSION
 from ..errors import UserError
 from ..fileio import atomic_save, atomic_write_text
 from ..progress import get_logger
+from ..runtime import set_cpu_numerics
 from .towers import TOWER_ARCHS, arch_config, check_tower, export_state_dict
 from .train import TRAINING_VERSION, PretrainSettings, pretrain
 
@@ -44,6 +52,15 @@ class SynthCLIPError(UserError, RuntimeError):
 
 #: steps per tower: the ResNet is slower per image on a CPU; both end in about the same time
 DEFAULT_STEPS = {"vit": 1600, "rn": 1000}
+#: torch threads a tower trains on: its weights then do not depend on the core count
+PRETRAIN_THREADS = 1
+
+
+def cpu_numerics() -> dict:
+    """The CPU numerics towers are trained with (part of every cache key): AVX2 kernels where
+    the CPU has them, else the CPU's own, and :data:`PRETRAIN_THREADS` threads."""
+    kernels = "AVX2" if torch.cpu._is_avx2_supported() else torch.backends.cpu.get_cpu_capability()
+    return {"kernels": kernels, "threads": PRETRAIN_THREADS}
 
 
 def default_settings(tower: str, **overrides: Any) -> PretrainSettings:
@@ -62,6 +79,7 @@ def cache_identity(settings: PretrainSettings) -> dict:
         "corpus_version": CORPUS_VERSION,
         "synthcc_generator_version": GENERATOR_VERSION,
         "corpus_spec": json.loads(json.dumps(asdict(get_corpus_spec(settings.corpus)))),
+        "cpu": cpu_numerics(),
     }
 
 
@@ -124,7 +142,6 @@ def _write_entry(
             "counts": corpus_manifest["counts"],
         },
         "training": {**result.summary(), "steps": settings.steps, "wall_seconds": round(wall, 1)},
-        "threads": 1,
     }
     atomic_write_text(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     os.remove(os.path.join(partial, "progress.pt"))
@@ -158,6 +175,12 @@ def ensure_synthclip(
     target = os.path.join(entry, FORMATS[fmt])
     if _complete(entry, settings):
         return target
+    if torch.backends.cpu.get_cpu_capability() != cpu_numerics()["kernels"]:
+        # this process computes with other kernels (its choice is made once): a fresh one
+        log(f"SynthCLIP {tower}: pretraining in a fresh process ({cpu_numerics()['kernels']})")
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            job = (root, tower, settings.to_dict(), checkpoint_every, fmt)
+            return pool.apply(_ensure_in_child, job)
     with exclusive_lock(lock_path(entry)):
         if _complete(entry, settings):  # another process finished it while we waited
             return target
@@ -173,6 +196,7 @@ def ensure_synthclip(
             checkpoint_every=checkpoint_every,
             progress_bar=progress_bar,
             log=log,
+            threads=PRETRAIN_THREADS,
         )
         _write_entry(partial, settings, corpus.manifest, result, time.perf_counter() - start)
         os.replace(partial, entry)
@@ -180,12 +204,17 @@ def ensure_synthclip(
     return target
 
 
-def _ensure_in_child(root: str, tower: str, settings: dict, checkpoint_every: int) -> str:
-    """:func:`ensure_synthclip` in a worker process (settings as a plain dict); no bar."""
+def _ensure_in_child(
+    root: str, tower: str, settings: dict, checkpoint_every: int, fmt: str = "openai"
+) -> str:
+    """:func:`ensure_synthclip` in a fresh worker process (settings as a plain dict); no bar."""
+    if not set_cpu_numerics("avx2")["as_asked"]:
+        raise RuntimeError("a fresh process for SynthCLIP pretraining did not get AVX2 kernels")
     return ensure_synthclip(
         root,
         tower,
         PretrainSettings.from_dict(settings),
+        fmt=fmt,
         progress_bar=False,
         checkpoint_every=checkpoint_every,
     )
@@ -203,8 +232,8 @@ def ensure_synthclip_towers(
     """:func:`ensure_synthclip` for several towers: ``{tower: openai-format weight file}``.
 
     The corpora are generated first; towers still to pretrain then train side by side, one
-    single-threaded process each (``parallel``), or one after the other. ``settings``: per tower,
-    default :func:`default_settings`.
+    single-threaded process each (``parallel``), or one after the other; either way the same
+    weights. ``settings``: per tower, default :func:`default_settings`.
     """
     log = log or get_logger().info
     chosen = {tower: (settings or {}).get(tower) or default_settings(tower) for tower in towers}
@@ -214,10 +243,12 @@ def ensure_synthclip_towers(
     paths = {}
     if parallel and len(pending) > 1:
         log(f"SynthCLIP: pretraining {', '.join(pending)} side by side, one process each")
+        began = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a fresh torch in each: no forked threads
         with context.Pool(len(pending)) as pool:
             jobs = [(root, t, chosen[t].to_dict(), checkpoint_every) for t in pending]
             paths.update(zip(pending, pool.starmap(_ensure_in_child, jobs)))
+        log(f"SynthCLIP: {', '.join(pending)} pretrained in {time.perf_counter() - began:.1f} s")
     for tower in towers:
         if tower not in paths:
             paths[tower] = ensure_synthclip(

@@ -2,9 +2,10 @@
 
 * **Deterministic.** The model is initialised from ``settings.seed``; which images form step
   ``s``'s batch (a per-epoch permutation of the training split) and which of them are flipped are
-  functions of (seed, s), not of a generator's history. So a run is a function of its settings
-  (for one torch build and thread count: CPU kernels may sum in another order with more threads;
-  training runs single-threaded by default).
+  functions of (seed, s), not of a generator's history. So a run is a function of its settings,
+  for one torch build, kernel set and thread count (CPU kernels may round otherwise with AVX-512
+  or sum in another order with more threads): training runs single-threaded by default, and the
+  cache (``cache.py``) trains with AVX2 kernels.
 * **Resumable.** Every ``checkpoint_every`` steps the model, AdamW's state, the step and the loss
   history go to ``progress.pt`` atomically; a run that finds it continues from there and, as
   nothing else carries state, ends bit-identical to an uninterrupted run.

@@ -120,6 +120,7 @@ def run_spec(out, preset, variant, seed, args):
         "data.root", args.data_root, "data.save_dir", run_dir,
         "cc_data.synthcc_preset", preset, "train.seed", str(seed),
         "test.visrank", "False", "runtime.plot", "False", "test.eval_freq", "-1",
+        "runtime.cpu_threads", str(args.threads),
     ]  # fmt: skip
     if args.epochs is not None:
         opts += ["train.max_epoch", str(args.epochs)]
@@ -177,18 +178,15 @@ def finished_metrics(run_dir, config_dump):
         return json.load(f)
 
 
-def _quiet_worker(threads, study_pid):
-    """A study worker process: ``threads`` torch threads, console output dropped (every run keeps
-    its own log file in its run folder), and on Linux it dies with the study: a killed study
-    must not leave workers that go on rewriting run folders."""
-    import torch
-
+def _quiet_worker(study_pid):
+    """A study worker process: console output dropped (every run keeps its own log file in its
+    run folder), and on Linux it dies with the study: a killed study must not leave workers that
+    go on rewriting run folders. Each run sets its threads (``runtime.cpu_threads``)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != study_pid:  # the study died before the line above
             os._exit(1)
-    torch.set_num_threads(threads)
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
 
 
@@ -207,7 +205,7 @@ def run_all(args):
         args.jobs,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_quiet_worker,
-        initargs=(args.threads, os.getpid()),
+        initargs=(os.getpid(),),
     )
     with pool:
         futures = {key: pool.submit(run_one, args.out, *key, args) for key in keys}

@@ -1,8 +1,9 @@
 """The fast step's pieces that run without a GPU: the stage-1 step with static shapes (identity
-slots padded, the text transformer cut at the end-of-text token) gives today's loss and
-gradients; the graph wrapper's routing (which calls are captured, replayed, padded, left eager)
-and its buffer restore; ``runtime.compile`` / ``runtime.channels_last`` resolution. The graphs
-themselves are checked on a GPU in ``tests/end_to_end/test_cuda.py``."""
+slots padded) gives today's loss and gradients; the text transformer cut at the end-of-text
+token gives every position's features; the graph wrapper's routing (which calls are captured,
+replayed, padded, left eager) and its buffer restore; ``runtime.compile`` /
+``runtime.channels_last`` resolution. The graphs themselves are checked on a GPU in
+``tests/end_to_end/test_cuda.py``."""
 
 import os
 
@@ -15,6 +16,7 @@ from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.config import load_config
 from csgn_plugin.graphs import GraphedModule
 from csgn_plugin.losses import MutualLoss
+from csgn_plugin.modeling.mdg import TextEncoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -39,13 +41,13 @@ def test_static_stage1_step_gives_the_per_sample_loss_and_gradients():
 
     def text_pass(ids, modality):
         seen.append(ids.tolist())
-        return model.prompt_features(ids, modality, up_to_eot=True)
+        return model.prompt_features(ids, modality)
 
     loss = stage.step_loss(model, criterion, cached, labels, index, text_pass, id_slots=6)
     grads = torch.autograd.grad(loss, prompts)
     assert seen == [[0, 2, 3, 5, 0, 0]] * 2  # distinct ids padded with the first, per modality
 
-    target = labels[index]  # CLIP-ReID: every sample's prompt, all 77 positions
+    target = labels[index]  # CLIP-ReID: every sample's own prompt
     text = {m: model.prompt_features(target, m).float() for m in model.modalities}
     image = {m: cached[m][index] for m in model.modalities}
     expected, _ = criterion(image, text, target)
@@ -58,12 +60,24 @@ def test_static_stage1_step_gives_the_per_sample_loss_and_gradients():
 def test_text_features_up_to_the_end_of_text_token_are_the_full_ones():
     cfg = load_config(os.path.join(ROOT, "configs", "csgn_synthcc.yaml"), TINY)
     model = build_model_from_config(cfg, num_classes=5)
-    assert model.text_encoder.causal
+    encoder, eot = model.text_encoder, model.prompt_learner.eot_index
+    assert eot + 1 < encoder.positional_embedding.shape[0]  # the cut leaves positions out
     ids = torch.tensor([4, 0, 2])
     for modality in model.modalities:
-        full = model.prompt_features(ids, modality)
-        cut = model.prompt_features(ids, modality, up_to_eot=True)
-        torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+        # CLIP's text pass over every position under the full causal mask, written out here
+        x = model.prompt_learner(ids, modality) + encoder.positional_embedding
+        x = encoder.ln_final(encoder.transformer(x, attn_mask=encoder.attn_mask)[:, eot])
+        projection = encoder.text_projection
+        full = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        torch.testing.assert_close(model.prompt_features(ids, modality), full)
+
+
+def test_a_text_encoder_without_the_causal_mask_is_refused():
+    cfg = load_config(os.path.join(ROOT, "configs", "csgn_synthcc.yaml"), TINY)
+    encoder = build_model_from_config(cfg, num_classes=5).text_encoder
+    parts = (encoder.positional_embedding, encoder.transformer, encoder.ln_final)
+    with pytest.raises(ValueError, match="causal"):
+        TextEncoder(*parts, encoder.text_projection, torch.zeros_like(encoder.attn_mask))
 
 
 class SmallNet(nn.Module):

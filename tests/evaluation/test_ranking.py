@@ -206,6 +206,47 @@ def test_tied_distances_rank_like_a_stable_argsort(mode):
         assert result.num_valid == expected_valid
 
 
+@pytest.mark.parametrize("rows_per_block", [1, 3, 10_000])
+def test_hard_rows_rank_like_a_stable_argsort_in_blocks_on_several_threads(
+    rows_per_block, monkeypatch
+):
+    # rows of every kind the bucket keys must survive: ties across the whole row, infinite
+    # distances, values far apart and a hair apart, a row with one identity item only
+    distmat, labels = random_problem(14, 9, 150, 6, 3, outfits=2)
+    distmat[0] = 1.0
+    distmat[1, ::7] = np.inf
+    distmat[2, ::5] = -np.inf
+    distmat[3] = np.floor(distmat[3] * 3)
+    distmat[4] = 1.0 + np.floor(distmat[4] * 50) * np.finfo(np.float64).eps
+    distmat[5, ::2] *= 1e30
+    labels["q_pids"][6] = labels["g_pids"][17]
+    distmat[6] = np.where(labels["g_pids"] == labels["q_pids"][6], 0.5, distmat[6])
+    from csgn_plugin.evaluation import ranking
+
+    num_gallery = distmat.shape[1]
+    monkeypatch.setitem(ranking._BLOCK_ENTRIES, "cpu", rows_per_block * num_gallery)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # blocks ranked on two threads at once
+    try:
+        for mode in ("general", "cc", "sc"):
+            expected_cmc, expected_map, expected_valid = plain_reference(distmat, labels, mode, 20)
+            with np.errstate(over="ignore"):  # 1e30 is infinite in float16
+                in_float16 = distmat.astype(np.float16)
+            for data in (distmat, distmat.astype(np.float32), in_float16):
+                expected = (
+                    (expected_cmc, expected_map, expected_valid)
+                    if data.dtype == np.float64
+                    else plain_reference(data, labels, mode, 20)
+                )
+                result = evaluate_rank_detailed(data, **labels, mode=mode, max_rank=20)
+                np.testing.assert_allclose(result.cmc, expected[0], rtol=1e-6)
+                assert result.mAP == pytest.approx(expected[1], rel=1e-12)
+                assert result.num_valid == expected[2]
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.get_num_threads() == previous
+
+
 def test_numpy_and_torch_inputs_agree():
     distmat, labels = random_problem(21, 30, 200, 15, 3)
     from_numpy = evaluate_rank_modes(distmat, **labels, modes=("general", "cc", "sc"))

@@ -349,6 +349,42 @@ def test_towers_side_by_side_equal_the_towers_one_after_the_other(root, tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tower
 
 
+def test_cache_key_records_the_cpu_kernels_and_threads(root, monkeypatch):
+    s = _settings(steps=4)
+    identity = cache_module.cache_identity(s)
+    expected = "AVX2" if torch.cpu._is_avx2_supported() else identity["cpu"]["kernels"]
+    assert identity["cpu"] == {"kernels": expected, "threads": 1}
+    entry = synthclip_dir(root, s)
+    monkeypatch.setattr(cache_module, "cpu_numerics", lambda: {"kernels": "AVX512", "threads": 1})
+    assert synthclip_dir(root, s) != entry
+    monkeypatch.setattr(cache_module, "cpu_numerics", lambda: {"kernels": expected, "threads": 2})
+    assert synthclip_dir(root, s) != entry
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cpu._is_avx2_supported(), reason="needs a CPU with AVX2")
+def test_a_process_on_other_kernels_and_threads_pretrains_the_same_weights(root, tmp_path):
+    """A process that computes with other kernels (here: said to run AVX-512 ones) and two
+    threads hands pretraining to a fresh process: the weights equal this process's own (AVX2
+    kernels, one thread). One spawned process: ~10 s on a 2-core CPU."""
+    other = str(tmp_path / "other")
+    ensure_corpus(other, "tiny", 0, workers=1)
+    s = _settings("rn", steps=3, seed=13)
+    here = torch.load(ensure_synthclip(root, "rn", s, log=lambda _: None))
+    logged = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+            elsewhere = torch.load(ensure_synthclip(other, "rn", s, log=logged.append))
+    finally:
+        torch.set_num_threads(before)
+    assert any("in a fresh process (AVX2)" in line for line in logged)
+    assert here.keys() == elsewhere.keys()
+    assert all(torch.equal(here[k], elsewhere[k]) for k in here)
+
+
 def _tool(name):
     path = os.path.join(ROOT, "tools", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)

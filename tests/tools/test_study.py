@@ -158,7 +158,7 @@ def test_a_finished_synthclip_run_is_found_again(tmp_path, monkeypatch):
     files = {"vit": str(tmp_path / "vit" / "openai.pt"), "rn": str(tmp_path / "rn" / "openai.pt")}
     monkeypatch.setattr(builders, "ensure_synthclip_towers", lambda root, towers: files)
     args = argparse.Namespace(
-        data_root=str(tmp_path / "data"), epochs=10, stage1_epochs=20, smoke=False
+        data_root=str(tmp_path / "data"), epochs=10, stage1_epochs=20, smoke=False, threads=1
     )
     config, opts, run_dir = study.run_spec(str(tmp_path / "out"), "default", "csgn", 0, args)
     saved = load_config(config, opts)
