@@ -5,8 +5,9 @@
 
 * the device, mixed precision (``bf16``, ``fp16`` with a gradient scaler, ``off``) and
   ``channels_last``;
-* DDP: this rank's contiguous shard of an in-order loader, and gathers of *tensors* (padded to
-  the largest shard and all-gathered, never pickled: a LaST-size gallery is 1.7 GB as objects);
+* DDP: this rank's contiguous shard of an in-order loader, gathers of *tensors* (padded to
+  the largest shard and all-gathered, never pickled: a LaST-size gallery is 1.7 GB as objects),
+  and the mean over ranks of gradients the DDP wrapper does not see (an objective's parameters);
 * out-of-memory errors re-raised with the batch size and what to change, non-finite losses
   reported with the step and the loss terms;
 * the throughput of each phase (``throughput.json``) and the images that could not be read
@@ -21,7 +22,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -187,6 +188,20 @@ class Runtime:
         if self.distributed:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
+
+    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Each gradient replaced by its mean over the ranks, as DDP does for the wrapped model's
+        parameters (for trained parameters outside it, e.g. an objective's); nothing alone."""
+        if not self.distributed:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(mean.view_as(grad))
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         if self.distributed:

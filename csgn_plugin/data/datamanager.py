@@ -12,7 +12,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
 * loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
 * loaders that draw nothing from torch's global generator (dropout's), so iterating one again
   after a resume leaves a resumed run's random numbers as the uninterrupted run's;
-* ``protocols[name]``: the evaluation protocols each target dataset declares.
+* ``protocols[name]``: the evaluation protocols each target dataset declares;
+* ``identity_outfits()``: which outfits of the training split each identity wears.
 """
 
 from __future__ import annotations
@@ -172,6 +173,19 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
                     f"{str(exc).split('. ', 1)[-1]}"
                 ) from exc
             raise
+
+    def identity_outfits(self) -> torch.Tensor:
+        """(training ids, training outfits) booleans: True where the training split holds that
+        outfit of that identity (CAL's positive outfits; Simple-CCReID's ``pid2clothes``)."""
+        if self.num_train_clothes < 1:
+            raise ValueError(
+                f"data.sources {self.sources}: the training split has no clothes ids (not a "
+                "clothes-changing dataset), which this model's loss needs"
+            )
+        items = torch.tensor([(item[1], item[4]) for item in self.trainset.train])
+        outfits = torch.zeros(self.num_train_pids, self.num_train_clothes, dtype=torch.bool)
+        outfits[items[:, 0], items[:, 1]] = True
+        return outfits
 
     def train_loader_for_features(self, batch_size: int) -> DataLoader:
         """The training set with test transforms, in order, unsharded (stage-1 feature cache)."""
