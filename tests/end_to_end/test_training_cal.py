@@ -7,9 +7,15 @@ import os
 
 import pytest
 import torch
-from run_helpers import COMMON, ROOT, assert_same_rng, assert_same_weights, checkpoint
+from run_helpers import (
+    COMMON,
+    ROOT,
+    assert_same_rng,
+    assert_same_weights,
+    checkpoint,
+    stopped_after_step,
+)
 
-from csgn_plugin.engine.engine import CCEngine
 from csgn_plugin.launcher import main
 
 pytestmark = pytest.mark.slow
@@ -46,19 +52,8 @@ def test_checkpoints_hold_the_objective_and_its_optimizer(straight):
 def test_resume_inside_the_epoch_where_the_adversarial_term_starts(straight):
     root, _ = straight
     save = root / "killed"
-    original = CCEngine.forward_backward
-
-    def crash_after_step_6(self, data):
-        if self.global_step == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, data)
-
-    CCEngine.forward_backward = crash_after_step_6
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(cal_opts(root / "data", save, "runtime.checkpoint_iters", "3"))
-    finally:
-        CCEngine.forward_backward = original
+    with stopped_after_step(6), pytest.raises(KeyboardInterrupt):
+        main(cal_opts(root / "data", save, "runtime.checkpoint_iters", "3"))
     stopped = checkpoint(save)
     assert stopped["epoch"] == 1 and stopped["batch"] > 0  # inside epoch 2
     main(cal_opts(root / "data", save, "model.resume", "auto", "runtime.checkpoint_iters", "3"))
