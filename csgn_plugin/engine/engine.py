@@ -209,7 +209,7 @@ class CCEngine(tr.engine.Engine):
             outputs = call_model(self.model, imgs, labels.camid)
             auxiliary = self.objective.auxiliary_losses(outputs, labels)
         finite = self._finite(list(auxiliary.terms.values()))
-        if finite:  # e.g. CAL's clothes classifier, trained before the main loss is computed
+        if finite:  # parameters the objective owns, trained before the main loss is computed
             for name, loss in auxiliary.terms.items():
                 optimizer = self.auxiliary_optimizers[name]
                 optimizer.zero_grad(set_to_none=True)

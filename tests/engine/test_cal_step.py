@@ -193,3 +193,29 @@ def test_the_gates_decide_what_trains():
         assert ("clothes" in auxiliary.details) != clothes_trains
         assert ("adversarial" in main.terms) == adversarial_trains
         assert ("adversarial" in main.details) != adversarial_trains
+
+
+def test_one_gradient_scaler_serves_both_optimizers():
+    """fp16's recipe for several optimizers: each loss scaled, each optimizer stepped through
+    the scaler, one update per step. In fp32 a power-of-two scale is exact, so two scaled steps
+    must give the unscaled steps' weights (a loss left unscaled, or an update missing - the
+    second step would then refuse - or doubled, breaks this)."""
+    imgs = torch.randn(8, 3, 64, 32, generator=torch.Generator().manual_seed(3))
+    ends = []
+    for scaled in (False, True):
+        engine = build("sgd")
+        if scaled:
+            engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        engine.objective.set_epoch(2)
+        for _ in range(2):
+            engine.forward_backward({**BATCH, "img": imgs})
+        ends.append((engine.unwrapped_model.state_dict(), engine.objective.state_dict()))
+    assert engine.scaler.get_scale() == 2.0**12  # grown once per step: one update a step
+    for unscaled, scaled in zip(*ends):
+        flat_a = {k: v for k, v in unscaled.items() if not isinstance(v, dict)}
+        flat_b = {k: v for k, v in scaled.items() if not isinstance(v, dict)}
+        for key in flat_a:
+            torch.testing.assert_close(flat_b[key], flat_a[key], msg=key)
+    torch.testing.assert_close(
+        ends[1][1]["clothes_classifier"]["weight"], ends[0][1]["clothes_classifier"]["weight"]
+    )
