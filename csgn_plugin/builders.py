@@ -8,21 +8,28 @@ The functions named ``*_options`` / ``*_schedule`` are the one set of mappers fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import fields, replace
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
+import gdown
+import open_clip
 import torch
+import yaml
 from torch import nn
 from yacs.config import CfgNode
 
 from .checks import OPTIMIZERS, resolve_amp
 from .compat import model_factory, torchreid_api
-from .config import get_default_config
+from .config import ConfigError, get_default_config
 from .data.datamanager import ClothesDataManager
 from .engine.engine import CCEngine, LoopOptions, unwrap_model
 from .engine.schedules import EpochSchedule, PromptSchedule, build_epoch_scheduler
 from .engine.stages import PromptStage, PromptStageOptions, Stage, stages_for
+from .errors import UserError, WeightsDownloadError
 from .evaluation.evaluator import EvaluationOptions, Evaluator
 from .losses.objective import (
     CALObjective,
@@ -78,9 +85,9 @@ QUICK_GELU_TO_ACTIVATION = {"auto": "auto", "on": "quick_gelu", "off": "gelu"}
 
 def _as_tuple(value: Any, key: str, length: Optional[int] = None) -> tuple:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(f"config key '{key}' must be a list, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
     if length is not None and len(value) != length:
-        raise ValueError(f"config key '{key}' must have {length} values, got {list(value)}")
+        raise ConfigError(f"config key '{key}' must have {length} values, got {list(value)}")
     return tuple(value)
 
 
@@ -89,9 +96,9 @@ def csgn_config(cfg: CfgNode, num_cameras: int = 0) -> CSGNConfig:
     the registered name's fixed fields win over the ``csgn.*`` ablation switches."""
     clip, csgn = cfg.clip, cfg.csgn
     if clip.sie_camera and num_cameras < 1:
-        raise ValueError("clip.sie_camera is on but the training set reports no cameras")
+        raise ConfigError("clip.sie_camera is on but the training set reports no cameras")
     if clip.quick_gelu not in QUICK_GELU_TO_ACTIVATION:
-        raise ValueError(
+        raise ConfigError(
             f"clip.quick_gelu must be one of {sorted(QUICK_GELU_TO_ACTIVATION)}, got "
             f"{clip.quick_gelu!r}"
         )
@@ -210,23 +217,48 @@ CAL_MODEL_FACTORIES = {name: cal_model_factory(name) for name in CAL_MODELS}
 
 # clip.vit_weights / clip.resnet_weights value: the CLIP pretrained here on the SynthCC world
 SYNTHCLIP = "synthclip"
-_SYNTHCLIP_TOWERS = (("vit_weights", "vit_arch", "vit"), ("resnet_weights", "resnet_arch", "rn"))
+
+
+def clip_weight_sources(cfg: CfgNode) -> dict[str, tuple[str, str, str]]:
+    """``{config key: (architecture, value, kind)}`` of the CLIP towers ``cfg.model.name`` builds
+    from pretrained weights (``model.pretrained``); kind is 'synthclip' (pretrained here),
+    'file' or 'tag' (an open_clip pretrained tag, downloaded). A value that is none of these is
+    refused naming the key."""
+    if cfg.model.name not in MODEL_PRESETS:
+        return {}
+    config = csgn_config(cfg, num_cameras=1)  # the towers and weights the model is built with
+    sources = {}
+    for field, arch in (("vit_weights", config.vit_arch), ("resnet_weights", config.resnet_arch)):
+        value = getattr(config, field)
+        if not (arch and value):
+            continue
+        key = f"clip.{field}"
+        if value == SYNTHCLIP:
+            kind = "synthclip"
+        elif os.path.isfile(value):
+            kind = "file"
+        elif open_clip.get_pretrained_cfg(arch, value):
+            kind = "tag"
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise ConfigError(
+                f"{key} '{value}' is neither an existing file nor a pretrained tag of '{arch}' "
+                f"(tags: {', '.join(tags) or 'none'}): give a weight file or a tag, or set "
+                "model.pretrained False for random towers"
+            )
+        sources[key] = (arch, value, kind)
+    return sources
 
 
 def synthclip_towers(cfg: CfgNode) -> dict[str, str]:
     """``{tower: weights key}`` of the towers the model takes from SynthCLIP: those whose weights
     are 'synthclip' and that ``cfg.model.name`` builds (with ``model.pretrained``)."""
-    if not cfg.model.pretrained or cfg.model.name not in MODEL_PRESETS:
-        return {}
-    preset = MODEL_PRESETS[cfg.model.name]
-    towers = {}
-    for weights_key, arch_key, tower in _SYNTHCLIP_TOWERS:
-        arch = preset.get(arch_key, cfg.clip[arch_key])
-        if arch_key == "resnet_arch" and not cfg.csgn.use_resnet:
-            arch = ""
-        if arch and cfg.clip[weights_key] == SYNTHCLIP:
-            towers[tower] = weights_key
-    return towers
+    tower_of = {"clip.vit_weights": "vit", "clip.resnet_weights": "rn"}
+    return {
+        tower_of[key]: key.split(".")[1]
+        for key, (_, _, kind) in clip_weight_sources(cfg).items()
+        if kind == "synthclip"
+    }
 
 
 def resolve_synthclip(cfg: CfgNode) -> tuple[CfgNode, dict[str, str]]:
@@ -247,6 +279,107 @@ def resolve_synthclip(cfg: CfgNode) -> tuple[CfgNode, dict[str, str]]:
     return new, resolved
 
 
+def is_torchreid_model(name: str) -> bool:
+    """Whether ``model.name`` is one of torchreid's own models (not one the plugin registers)."""
+    factory = model_factory()
+    return name in factory and factory[name].__module__.startswith("torchreid")
+
+
+def describe_pretrained(cfg: CfgNode) -> str:
+    """What ``model.pretrained`` means for ``cfg.model.name``: the weights it starts from."""
+    name = cfg.model.name
+    if name in MODEL_PRESETS:
+        kinds = {"synthclip": "pretrained here", "file": "a file", "tag": "downloaded by open_clip"}
+        sources = clip_weight_sources(cfg)
+        towers = [f"{key} '{value}' ({kinds[kind]})" for key, (_, value, kind) in sources.items()]
+        start = ", ".join(towers) or "random CLIP towers"
+        return f"=> model.pretrained {cfg.model.pretrained}: '{name}' starts from {start}"
+    if is_torchreid_model(name) and cfg.model.pretrained:
+        return (
+            f"=> model.pretrained True: torchreid's model '{name}' starts from its ImageNet "
+            "weights (downloaded on first use into torchreid's cache; set model.pretrained False "
+            "for random weights)"
+        )
+    if name in CAL_MODELS and cfg.model.pretrained:
+        return (
+            f"=> model.pretrained True: CAL's '{name}' starts from its backbone's ImageNet weights "
+            "(downloaded on first use into torchvision's or torchreid's cache; set "
+            "model.pretrained False for random weights)"
+        )
+    return f"=> model.pretrained {cfg.model.pretrained}: '{name}' as its factory builds it"
+
+
+@contextlib.contextmanager
+def _download(what: str, instead: str) -> Iterator[None]:
+    """One clear error, naming the key that avoids it, for a download that fails."""
+    try:
+        yield
+    except (OSError, gdown.exceptions.FileURLRetrievalError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        reason = f"{type(exc).__name__}: {exc}"
+        reason = reason if len(reason) <= 200 else reason[:200] + " ..."
+        raise WeightsDownloadError(
+            f"{what} could not be downloaded ({reason}); connect to the network and run again, "
+            f"or set {instead}"
+        ) from exc
+
+
+def resolve_weights(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
+    """Every pretrained weight the model will read, made local before any data is read:
+    SynthCLIP towers pretrained into ``data.root`` (cached), open_clip tags, torchreid's and the
+    CAL backbones' ImageNet weights downloaded into their caches. Returns the config (SynthCLIP
+    resolved to its files) and what was done, as log lines; a failed download raises
+    :class:`~csgn_plugin.errors.WeightsDownloadError` naming the key that avoids it."""
+    cfg, resolved = resolve_synthclip(cfg)
+    lines = [f"=> {key}: SynthCLIP weights '{path}'" for key, path in resolved.items()]
+    for key, (arch, value, kind) in clip_weight_sources(cfg).items():
+        if kind == "tag":
+            avoid = f"{key} to a local weight file, or model.pretrained False for random towers"
+            with _download(f"{key} '{value}' (open_clip's weights of '{arch}')", avoid):
+                path = open_clip.pretrained.download_pretrained(
+                    open_clip.get_pretrained_cfg(arch, value)
+                )
+            lines.append(f"=> {key}: '{value}' weights of {arch} at '{path}'")
+    if cfg.model.pretrained and is_torchreid_model(cfg.model.name):
+        what = f"the ImageNet weights of torchreid's '{cfg.model.name}' (model.pretrained True)"
+        with _download(what, "model.pretrained False to start from random weights"):
+            # torchreid's factories download while building: one throwaway build caches them
+            torchreid_api().models.build_model(
+                name=cfg.model.name, num_classes=1, loss=cfg.loss.name, pretrained=True
+            )
+        lines.append(f"=> {what}: in torchreid's cache")
+    if cfg.model.pretrained and cfg.model.name in CAL_MODELS:
+        what = f"the ImageNet weights of the backbone of '{cfg.model.name}' (model.pretrained True)"
+        with _download(what, "model.pretrained False to start from random weights"):
+            CALModel(cfg.model.name, 1, "linear", pretrained=True)  # a throwaway build caches them
+        lines.append(f"=> {what}: in the cache")
+    return cfg, lines
+
+
+def probe_config(cfg: CfgNode) -> CfgNode:
+    """``cfg`` for a model built only to check it: nothing is downloaded or pretrained (torchreid
+    models without their ImageNet weights, CLIP towers random where their weights are a tag or
+    SynthCLIP); weight files are read."""
+    new = cfg.clone()
+    new.defrost()
+    if cfg.model.name in MODEL_PRESETS:
+        for key, (_, _, kind) in clip_weight_sources(cfg).items():
+            if kind != "file":
+                new.clip[key.split(".")[1]] = ""
+    else:
+        new.model.pretrained = False
+    new.freeze()
+    return new
+
+
+def probe_model(cfg: CfgNode) -> nn.Module:
+    """The model ``cfg`` describes, built on the CPU as :func:`probe_config` says (two classes,
+    one camera): its constructor checks every option of its family, before any work."""
+    stand_in = SimpleNamespace(num_train_pids=2, num_train_cams=1)
+    return build_model(probe_config(cfg), stand_in, use_gpu=False)
+
+
 def build_clip_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0) -> CSGN:
     """The CLIP model ``cfg.model.name`` (csgn, clipreid_*) as the config describes it."""
     return CSGN(csgn_config(cfg, num_cameras), num_classes)
@@ -258,8 +391,8 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
         try:
             model = build_clip_model(cfg, datamanager.num_train_pids, datamanager.num_train_cams)
         except ValueError as exc:  # say which config built the model that refused it
-            raise ValueError(
-                f"model.name '{cfg.model.name}' with data.height x data.width = "
+            raise ConfigError(
+                f"model.name '{cfg.model.name}' at data.height x data.width = "
                 f"{cfg.data.height}x{cfg.data.width}: {exc}"
             ) from exc
         model.set_stage(2)  # the optimizer built next holds the stage-2 parameters
@@ -273,7 +406,7 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
         )
     factory = model_factory()
     if cfg.model.name not in factory:
-        raise KeyError(
+        raise ConfigError(
             f"model.name: unknown model '{cfg.model.name}'; available: {sorted(factory)}"
         )
     return torchreid_api().models.build_model(
@@ -304,27 +437,58 @@ def model_spec(cfg: CfgNode, model: nn.Module, num_classes: int) -> dict:
     return spec.to_dict()
 
 
-def config_for_spec(cfg: CfgNode, spec: ModelSpec) -> tuple[CfgNode, list[str]]:
-    """``cfg`` with the model name and the input (size, normalisation) a checkpoint's spec
-    records, for evaluating that checkpoint; returns the new config and what changed."""
-    values = {
-        "model.name": spec.name,
-        "data.height": spec.input["height"],
-        "data.width": spec.input["width"],
-        "data.norm_mean": list(spec.input["norm_mean"]),
-        "data.norm_std": list(spec.input["norm_std"]),
-        "data.test_interpolation": spec.input["interpolation"],
-    }
+# how a model's features are compared: an evaluation takes these from the config the checkpoint
+# was trained with (training's own numbers then reproduce), unless the command line sets them
+EVALUATION_KEYS = (
+    "test.dist_metric",
+    "test.normalize_feature",
+    "test.rerank",
+    "video.pooling_method",
+)
+
+
+def config_for_checkpoint(
+    cfg: CfgNode, spec: Optional[ModelSpec], trained_config: str, given: Collection[str]
+) -> tuple[CfgNode, list[str]]:
+    """``cfg`` for evaluating a checkpoint: the model name and input (size, normalisation) its
+    spec records, and the :data:`EVALUATION_KEYS` of the config it was trained with
+    (``trained_config``, a YAML dump; ``''``: not recorded) except those in ``given`` (the keys set
+    on the command line). Returns the new config and one line per value that differs from
+    ``cfg``'s, saying where the value in use comes from."""
+    values: dict[str, tuple[Any, str]] = {}
+    if spec is not None:
+        recorded = {
+            "model.name": spec.name,
+            "data.height": spec.input["height"],
+            "data.width": spec.input["width"],
+            "data.norm_mean": list(spec.input["norm_mean"]),
+            "data.norm_std": list(spec.input["norm_std"]),
+            "data.test_interpolation": spec.input["interpolation"],
+        }
+        values.update({key: (value, "the checkpoint's model") for key, value in recorded.items()})
+    trained = yaml.safe_load(trained_config) if trained_config else None
+    lines = []
+    for key in EVALUATION_KEYS if isinstance(trained, dict) else ():
+        section, leaf = key.split(".")
+        if leaf not in trained.get(section, {}):
+            continue
+        value = trained[section][leaf]
+        if key not in given:
+            values[key] = (value, "the checkpoint's training config")
+        elif value != cfg[section][leaf]:
+            lines.append(
+                f"{key}: {cfg[section][leaf]!r} (command line; the checkpoint was trained with "
+                f"{value!r})"
+            )
     new = cfg.clone()
     new.defrost()
-    changed = []
-    for key, value in values.items():
+    for key, (value, source) in values.items():
         section, leaf = key.split(".")
         if new[section][leaf] != value:
-            changed.append(f"{key}: {new[section][leaf]!r} -> {value!r}")
+            lines.append(f"{key}: {new[section][leaf]!r} -> {value!r} ({source})")
             new[section][leaf] = value
     new.freeze()
-    return new, changed
+    return new, lines
 
 
 def _lr_factor(cfg: CfgNode, model: nn.Module, name: str) -> float:
@@ -351,7 +515,7 @@ def param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
         children = {name for name, _ in model.named_children()}
         unknown = [layer for layer in cfg.train.new_layers if layer not in children]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"train.new_layers {unknown} are not top-level modules of '{cfg.model.name}' "
                 f"(it has {sorted(children)})"
             )
@@ -416,7 +580,7 @@ def _optimizer(cfg: CfgNode, groups: list[dict], use_gpu: bool) -> torch.optim.O
             momentum=cfg.sgd.momentum,
             alpha=cfg.rmsprop.alpha,
         )
-    raise ValueError(f"train.optim must be one of {OPTIMIZERS}, got '{name}'")
+    raise ConfigError(f"train.optim must be one of {OPTIMIZERS}, got '{name}'")
 
 
 # ---------------------------------------------------------------------- mappers
@@ -567,9 +731,11 @@ def build_engine(
     scheduler: Any,
     runtime: Runtime,
     spec: Optional[dict] = None,
+    evaluated: Optional[dict] = None,
 ) -> CCEngine:
     """The engine and what it receives; ``spec`` (:func:`model_spec`) goes into every
-    checkpoint."""
+    checkpoint; ``evaluated`` (evaluation only) says which model is evaluated
+    (:class:`~csgn_plugin.evaluation.evaluator.Evaluator`)."""
     objective = build_objective(cfg, model, datamanager).to(runtime.device)
     use_gpu = runtime.device.type == "cuda"
     return CCEngine(
@@ -579,7 +745,7 @@ def build_engine(
         scheduler,
         objective=objective,
         runtime=runtime,
-        evaluator=Evaluator(runtime, datamanager, evaluation_options(cfg)),
+        evaluator=Evaluator(runtime, datamanager, evaluation_options(cfg), evaluated),
         options=loop_options(cfg),
         stages=build_stages(cfg, model, objective),
         model_spec=spec,

@@ -1,9 +1,11 @@
 """The one validator: a config is refused, with the key and what was expected, before any work.
 
-:func:`check_config` runs before data is read or a model built: unknown names (with a
-did-you-mean), out-of-range values, incompatible options, and torchreid keys the plugin does not
-implement set to anything but their default (they would be silently ignored). :func:`check_data`
-and :func:`check_input_size` check what needs the data or the built model, before the first step.
+:func:`check_config` runs before data is read or a model built (the first step of
+``preflight.check_run``): unknown names (with a did-you-mean), out-of-range values, incompatible
+options, and torchreid keys the plugin does not implement set to anything but their default
+(they would be silently ignored); an evaluation only for what it uses. Every refusal is a
+:class:`~csgn_plugin.errors.ConfigError`. :func:`check_input_size` (on the pre-flight's model
+probe) and :func:`check_data` (on the data manager) check what needs a model or the data.
 :func:`describe_model_choice` says, when ``model.name`` is a torchreid model, which sections no
 longer apply and which loss it trains with.
 """
@@ -79,12 +81,18 @@ def _did_you_mean(value: Any, allowed: Any) -> str:
 def _choice(key: str, value: Any, allowed: Any) -> None:
     if value not in allowed:
         hint = _did_you_mean(value, allowed)
-        raise ValueError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
+        raise ConfigError(f"{key} must be one of {sorted(allowed)}, got '{value}'{hint}")
 
 
 def _at_least(key: str, value: Any, low: int | float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-        raise ValueError(f"{key} must be a number >= {low}, got {value!r}")
+        raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
+
+
+def _at_least_each(cfg: CfgNode, lows: dict[str, float]) -> None:
+    """:func:`_at_least` for each ``{key: lowest value}``."""
+    for key, low in lows.items():
+        _at_least(key, _get(cfg, key), low)
 
 
 def resolve_device(cfg: CfgNode) -> bool:
@@ -92,7 +100,10 @@ def resolve_device(cfg: CfgNode) -> bool:
     device = cfg.runtime.device
     _choice("runtime.device", device, ("auto", "cuda", "cpu"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise ConfigError(
+            "runtime.device is 'cuda' but no CUDA device is available: set runtime.device 'cpu' "
+            "(or 'auto')"
+        )
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
@@ -103,7 +114,7 @@ def resolve_amp(cfg: CfgNode, use_gpu: bool) -> str:
     if amp == "auto":
         return "bf16" if use_gpu else "off"
     if amp == "fp16" and not use_gpu:
-        raise ValueError("runtime.amp 'fp16' needs CUDA (its gradient scaler); use 'bf16' on CPU")
+        raise ConfigError("runtime.amp 'fp16' needs CUDA (its gradient scaler); use 'bf16' on CPU")
     return amp
 
 
@@ -125,12 +136,12 @@ def _check_cal(cfg: CfgNode) -> None:
             "loss.cal.id_loss 'cosface' has no label smoothing (Simple-CCReID's CosFaceLoss): set "
             "loss.softmax.label_smooth False"
         )
-    for key in ("id_margin", "pair_weight", "pair_margin", "start_epoch_cc", "start_epoch_adv"):
-        _at_least(f"loss.cal.{key}", c[key], 0)
+    keys = ("id_margin", "pair_weight", "pair_margin", "start_epoch_cc", "start_epoch_adv")
+    _at_least_each(cfg, {f"loss.cal.{key}": 0 for key in keys})
     if isinstance(c.scale, bool) or not isinstance(c.scale, (int, float)) or c.scale <= 0:
-        raise ValueError(f"loss.cal.scale must be a number > 0, got {c.scale!r}")
+        raise ConfigError(f"loss.cal.scale must be a number > 0, got {c.scale!r}")
     if isinstance(c.epsilon, bool) or not 0 <= c.epsilon <= 1:
-        raise ValueError(f"loss.cal.epsilon must be in [0, 1], got {c.epsilon!r}")
+        raise ConfigError(f"loss.cal.epsilon must be in [0, 1], got {c.epsilon!r}")
 
 
 def _check_unsupported(cfg: CfgNode) -> None:
@@ -145,81 +156,51 @@ def _check_unsupported(cfg: CfgNode) -> None:
 
 def check_config(cfg: CfgNode, world_size: int = 1) -> None:
     """Refuse unknown names, out-of-range values and incompatible options before any work starts
-    (no data is read, no model built). ``world_size``: the number of DDP processes."""
-    tr = torchreid_api()
+    (no data is read, no model built). ``world_size``: the number of DDP processes.
+
+    An evaluation (``test.evaluate``) is refused only for what it uses: the training options
+    (``train``, ``stage1``, ``sampler``, the loss and checkpoint settings) are not checked."""
     _check_unsupported(cfg)
+    _check_names(cfg)
+    _check_evaluation(cfg)
+    if not cfg.test.evaluate:
+        _check_training(cfg, world_size)
+
+
+def _check_names(cfg: CfgNode) -> None:
+    """Datasets, model, data options and runtime: what training and evaluation both use."""
+    tr = torchreid_api()
     _choice("data.type", cfg.data.type, ("image", "video"))
     registry = vars(tr.data.datasets)[f"__{cfg.data.type}_datasets"]
     for key in ("sources", "targets"):
         for name in cfg.data[key]:
             if name not in registry:
-                raise ValueError(
+                raise ConfigError(
                     f"data.{key}: unknown {cfg.data.type} dataset '{name}'"
                     f"{_did_you_mean(name, registry)} Available: {sorted(registry)}"
                 )
     factory = model_factory()
     if cfg.model.name not in factory:
-        raise KeyError(
+        raise ConfigError(
             f"model.name: unknown model '{cfg.model.name}'"
             f"{_did_you_mean(cfg.model.name, factory)} Available: {sorted(factory)}"
         )
-    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
-    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
     check_transform_names(cfg.data.transforms)
     check_interpolation("data.train_interpolation", cfg.data.train_interpolation)
     check_interpolation("data.test_interpolation", cfg.data.test_interpolation)
-    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
-    _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
-    _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
-    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
-    _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
-    _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
-    protocols = list(cfg.cc_eval.protocols)
-    if protocols != ["auto"]:
-        for protocol in protocols:
-            _choice("cc_eval.protocols", protocol, MODES)
-    for key, value, low in (
-        ("train.batch_size", cfg.train.batch_size, 1),
-        ("train.max_epoch", cfg.train.max_epoch, 0),
-        ("train.print_freq", cfg.train.print_freq, 1),
-        ("train.lr", cfg.train.lr, 0),
-        ("train.warmup_epochs", cfg.train.warmup_epochs, 0),
-        ("train.base_lr_mult", cfg.train.base_lr_mult, 0),
-        ("train.bias_lr_factor", cfg.train.bias_lr_factor, 0),
-        ("test.batch_size", cfg.test.batch_size, 1),
-        ("sampler.num_instances", cfg.sampler.num_instances, 1),
-        ("data.height", cfg.data.height, 1),
-        ("data.width", cfg.data.width, 1),
-        ("data.workers", cfg.data.workers, 0),
-        ("data.pad_crop_padding", cfg.data.pad_crop_padding, 0),
-        ("stage1.batch_size", cfg.stage1.batch_size, 1),
-        ("stage1.max_epoch", cfg.stage1.max_epoch, 0),
-        ("stage1.warmup_epochs", cfg.stage1.warmup_epochs, 0),
-        ("stage1.print_freq", cfg.stage1.print_freq, 1),
-        ("cc_eval.chunk_size", cfg.cc_eval.chunk_size, 1),
-        ("cc_eval.max_rank", cfg.cc_eval.max_rank, 1),
-        ("runtime.checkpoint_period", cfg.runtime.checkpoint_period, 0),
-        ("runtime.checkpoint_iters", cfg.runtime.checkpoint_iters, 0),
-        ("runtime.dist_timeout_s", cfg.runtime.dist_timeout_s, 1),
-    ):
-        _at_least(key, value, low)
-    for part in ("vit", "resnet", "fusion", "head"):
-        _at_least(f"csgn.{part}_lr_factor", cfg.csgn[f"{part}_lr_factor"], 0)
-    if not 0 < cfg.train.warmup_factor <= 1:
-        raise ValueError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
-    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
-        raise ValueError(
-            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
-            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
-        )
-    if not 0 <= cfg.stage1.warmup_lr <= cfg.stage1.lr:
-        raise ValueError(
-            f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
-            f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
-        )
+    _at_least_each(
+        cfg,
+        {
+            "data.height": 1,
+            "data.width": 1,
+            "data.workers": 0,
+            "data.pad_crop_padding": 0,
+            "runtime.dist_timeout_s": 1,
+        },
+    )
     for weights_key, arch_key, tower in (
         ("vit_weights", "vit_arch", "synthclip-vit"),
         ("resnet_weights", "resnet_arch", "synthclip-rn"),
@@ -230,13 +211,73 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
                 f"clip.{weights_key} 'synthclip' is pretrained for clip.{arch_key} '{tower}', "
                 f"not '{cfg.clip[arch_key]}'"
             )
-    if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
-        raise ValueError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
     if cfg.data.type == "video" and cfg.cc_data.image_policy != "fail":
-        raise ValueError(
+        raise ConfigError(
             "cc_data.image_policy 'skip' works on image datasets only; video frames that cannot "
             "be read always fail naming the file (set cc_data.image_policy 'fail')"
         )
+
+
+def _check_evaluation(cfg: CfgNode) -> None:
+    """The ``test`` and ``cc_eval`` keys an evaluation reads."""
+    _choice("test.dist_metric", cfg.test.dist_metric, METRICS)
+    _choice("video.pooling_method", cfg.video.pooling_method, ("avg", "max"))
+    protocols = list(cfg.cc_eval.protocols)
+    if protocols != ["auto"]:
+        for protocol in protocols:
+            _choice("cc_eval.protocols", protocol, MODES)
+    _at_least_each(
+        cfg,
+        {
+            "test.batch_size": 1,
+            "cc_eval.chunk_size": 1,
+            "cc_eval.max_rank": 1,
+        },
+    )
+
+
+def _check_training(cfg: CfgNode, world_size: int) -> None:
+    """What only training reads: loss, sampler, optimizer, schedules, checkpoints."""
+    _choice("loss.name", cfg.loss.name, ("softmax", "triplet"))
+    _choice("sampler.train_sampler", cfg.sampler.train_sampler, SAMPLERS)
+    _choice("train.optim", cfg.train.optim, OPTIMIZERS)
+    _choice("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
+    _choice("train.step_scheduler_at", cfg.train.step_scheduler_at, STEP_AT)
+    _choice("runtime.nan_policy", cfg.runtime.nan_policy, ("stop", "skip"))
+    _at_least_each(
+        cfg,
+        {
+            "train.batch_size": 1,
+            "train.max_epoch": 0,
+            "train.print_freq": 1,
+            "train.lr": 0,
+            "train.warmup_epochs": 0,
+            "train.base_lr_mult": 0,
+            "train.bias_lr_factor": 0,
+            "sampler.num_instances": 1,
+            "stage1.batch_size": 1,
+            "stage1.max_epoch": 0,
+            "stage1.warmup_epochs": 0,
+            "stage1.print_freq": 1,
+            "runtime.checkpoint_period": 0,
+            "runtime.checkpoint_iters": 0,
+            **{f"csgn.{part}_lr_factor": 0 for part in ("vit", "resnet", "fusion", "head")},
+        },
+    )
+    if not 0 < cfg.train.warmup_factor <= 1:
+        raise ConfigError(f"train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
+    if not 0 <= cfg.stage1.lr_min <= cfg.stage1.lr:
+        raise ConfigError(
+            f"stage1.lr_min = {cfg.stage1.lr_min}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 cosine ends)"
+        )
+    if not 0 <= cfg.stage1.warmup_lr <= cfg.stage1.lr:
+        raise ConfigError(
+            f"stage1.warmup_lr = {cfg.stage1.warmup_lr}: expected a value in [0, stage1.lr = "
+            f"{cfg.stage1.lr}] (where the stage-1 warm-up starts)"
+        )
+    if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
+        raise ConfigError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
     if is_cal_model(cfg.model.name):
         _check_cal(cfg)
         triplet = ("loss.cal.pair_weight", cfg.loss.cal.pair_weight > 0)
@@ -245,20 +286,20 @@ def check_config(cfg: CfgNode, world_size: int = 1) -> None:
     else:
         triplet = (f"loss.name '{cfg.loss.name}'", cfg.loss.name == "triplet")
     if triplet[1] and cfg.sampler.train_sampler not in IDENTITY_SAMPLERS:
-        raise ValueError(
+        raise ConfigError(
             f"a triplet loss ({triplet[0]}, model '{cfg.model.name}') needs positives in every "
             f"batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} (got "
             f"'{cfg.sampler.train_sampler}')"
         )
     batch, k = cfg.train.batch_size, cfg.sampler.num_instances
     if batch % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch} must be divisible by the number of processes "
             f"({world_size}): each process takes an equal share"
         )
     if cfg.sampler.train_sampler in IDENTITY_SAMPLERS and (batch // world_size) % k:
         share = f" per process ({batch} / {world_size})" if world_size > 1 else ""
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch}{share} must be a multiple of sampler.num_instances={k}: "
             f"an identity sampler fills a batch with whole groups of {k} images per identity"
         )
@@ -302,7 +343,7 @@ def check_data(cfg: CfgNode, datamanager: Any) -> None:
     set holds when they are built; fewer images of an id than ``sampler.num_instances`` is fine
     (they repeat)."""
     if is_cal_model(cfg.model.name) and datamanager.num_train_clothes < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model '{cfg.model.name}' (CAL) needs clothes ids in its training data: "
             f"data.sources {list(cfg.data.sources)} has none (use a clothes-changing dataset)"
         )
@@ -310,7 +351,7 @@ def check_data(cfg: CfgNode, datamanager: Any) -> None:
         return
     sampler = datamanager.train_sampler
     if sampler.num_batches() == 0:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} cannot be filled: the training set holds "
             f"{len(sampler.data_source)} images of {datamanager.num_train_pids} identities, not "
             f"enough for one batch of {cfg.sampler.train_sampler}; lower train.batch_size"
@@ -331,7 +372,7 @@ def check_input_size(cfg: CfgNode, model: nn.Module, device: torch.device) -> No
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(
+        raise ConfigError(
             f"model '{cfg.model.name}' cannot take images of data.height x data.width = "
             f"{cfg.data.height}x{cfg.data.width}: {exc}. Use a larger size (ReID: 256x128)"
         ) from exc

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import CheckpointNotFoundError, CheckpointReadError
+
 _API: ModuleType | None = None
 _SUBMODULES = ("data", "engine", "losses", "metrics", "models", "optim", "utils")
 
@@ -80,25 +82,28 @@ def allow_numpy_in_checkpoints() -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint file safely, with a clear error for missing or damaged files.
+    """Load a checkpoint file safely, with a clear error for missing or damaged files
+    (:class:`~csgn_plugin.errors.CheckpointReadError`).
 
     Plain tensors, dicts and numpy scalars load with ``weights_only=True``. Anything else (for
     example a pickled optimizer from an old torch) is refused with a message, never executed.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+        raise CheckpointNotFoundError(f"checkpoint not found: '{path}'")
     if os.path.getsize(path) == 0:
-        raise RuntimeError(f"checkpoint '{path}' is empty (0 bytes): the write that made it failed")
+        raise CheckpointReadError(
+            f"checkpoint '{path}' is empty (0 bytes): the write that made it failed"
+        )
     allow_numpy_in_checkpoints()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise RuntimeError(
+        raise CheckpointReadError(
             f"checkpoint '{path}' contains objects that cannot be loaded safely "
             f"(weights_only=True): {exc}"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
-        raise RuntimeError(
+        raise CheckpointReadError(
             f"checkpoint '{path}' could not be read; it is truncated or not a torch file: {exc}"
         ) from exc

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 FAULT_ENV = "CSGN_FAULT_KILL"
 _fault_passes: dict[str, int] = {}
 
@@ -38,7 +40,7 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written; the file it was to replace is untouched."""
 
 

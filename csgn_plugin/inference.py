@@ -16,8 +16,10 @@ fit neither tiny models nor CLIP's 0.5/0.5 normalisation)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -26,28 +28,82 @@ from PIL import Image
 from torch import nn
 
 from .compat import load_checkpoint
-from .data.image_io import read_image
+from .data.image_io import read_image, to_rgb
 from .data.transforms import build_test_transform
+from .errors import CheckpointNotFoundError
 from .evaluation.evaluator import call_model
 from .modeling.clipreid_format import clipreid_model_spec, is_clipreid_state_dict
 from .modeling.spec import ModelSpec, build_model_from_spec
 from .modeling.weights import extract_state_dict, load_weights_file
 
-__all__ = ["Extractor", "load_extractor", "load_model", "read_model_spec"]
+__all__ = [
+    "CheckpointFacts",
+    "Extractor",
+    "load_extractor",
+    "load_model",
+    "read_checkpoint_facts",
+    "read_model_spec",
+]
 
 ImageInput = Union[str, np.ndarray, Image.Image]
 
 
-def read_model_spec(path: str) -> Optional[ModelSpec]:
-    """The spec a checkpoint records, the one a CLIP-ReID file implies, or None (a file of plain
-    weights: torchreid's, or a bare state dict)."""
-    checkpoint = load_checkpoint(path)
+def _spec_of(checkpoint: Any, path: str) -> Optional[ModelSpec]:
     if isinstance(checkpoint, dict) and "model_spec" in checkpoint:
         return ModelSpec.from_dict(checkpoint["model_spec"], f"'{path}' model_spec")
     weights = extract_state_dict(checkpoint, path)
     if is_clipreid_state_dict(weights):
         return clipreid_model_spec(weights, where=f"'{path}'")
     return None
+
+
+def read_model_spec(path: str) -> Optional[ModelSpec]:
+    """The spec a checkpoint records, the one a CLIP-ReID file implies, or None (a file of plain
+    weights: torchreid's, or a bare state dict)."""
+    return _spec_of(load_checkpoint(path), path)
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What evaluating a checkpoint needs to know of it, and what its results record."""
+
+    path: str  # absolute
+    sha256: str
+    spec: Optional[ModelSpec]  # None: plain weights (torchreid's, a bare state dict)
+    config: str  # the YAML dump of the config it was trained with; '' when not recorded
+    epoch: Optional[int]  # the epochs it had finished, when recorded
+
+    def record(self) -> dict:
+        """The checkpoint as ``results.json`` records it."""
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "epoch": self.epoch,
+            "model": self.spec.name if self.spec is not None else None,
+        }
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint_facts(path: str) -> CheckpointFacts:
+    """The checkpoint at ``path`` read once: its spec, training config and epoch, and its hash
+    (:class:`~csgn_plugin.errors.CheckpointReadError` when it cannot be read)."""
+    checkpoint = load_checkpoint(path)
+    recorded = checkpoint if isinstance(checkpoint, dict) else {}
+    epoch = recorded.get("epoch")
+    return CheckpointFacts(
+        path=os.path.abspath(path),
+        sha256=_sha256(path),
+        spec=_spec_of(checkpoint, path),
+        config=recorded.get("config") if isinstance(recorded.get("config"), str) else "",
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+    )
 
 
 def load_model(
@@ -81,11 +137,12 @@ def test_transform(input_spec: dict[str, Any]) -> Any:
 class Extractor:
     """Features of images under a model, with the preprocessing its checkpoint records.
 
-    Called like torchreid's ``FeatureExtractor``: a path, a list of paths, an RGB ``uint8``
-    ``(H, W, 3)`` array, a PIL image, a list of those, or an already preprocessed
-    ``(B, 3, H, W)`` tensor. ``camids`` (one per image) feed SIE camera embeddings when the model
-    has them; without them no camera term is added. Returns float32 features ``(B, D)`` on the
-    device, in eval mode, without gradients.
+    Called like torchreid's ``FeatureExtractor``: a path, a list of paths, an image array
+    (``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA ``uint8``, ``(H, W)`` 8- or 16-bit grayscale), a PIL
+    image, a list of those, or an already preprocessed ``(B, 3, H, W)`` tensor. Files, arrays and
+    PIL images become 8-bit RGB the same way (the data package's ``to_rgb``). ``camids`` (one
+    per image) feed SIE camera embeddings when the model has them; without them no camera term is
+    added. Returns float32 features ``(B, D)`` on the device, in eval mode, without gradients.
     """
 
     def __init__(
@@ -102,12 +159,13 @@ class Extractor:
         self.transform = test_transform(spec.input)
 
     def _image(self, item: ImageInput) -> torch.Tensor:
+        # the conversion evaluation reads files with (alpha over black, 16 bits scaled to 8)
         if isinstance(item, str):
             image = read_image(item)
         elif isinstance(item, np.ndarray):
-            image = Image.fromarray(item).convert("RGB")
+            image = to_rgb(Image.fromarray(item))
         elif isinstance(item, Image.Image):
-            image = item.convert("RGB")
+            image = to_rgb(item)
         else:
             raise TypeError(f"expected an image path, array or PIL image, got {type(item)}")
         return self.transform(image)
@@ -141,6 +199,6 @@ def load_extractor(
 ) -> Extractor:
     """An :class:`Extractor` for the model a checkpoint (or a CLIP-ReID file) holds."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+        raise CheckpointNotFoundError(f"checkpoint not found: '{path}'")
     model, spec = load_model(path, device)
     return Extractor(model, spec, device, batch_size)

@@ -1,16 +1,22 @@
 """What ``tools/train.py`` and ``tools/test.py`` run: torchreid main.py's flow, plus DDP.
 
-config file + ``KEY VALUE`` overrides -> checks (``checks.check_config``: nothing is read or
-built before the config is known to be consistent) -> log tee into the run's folder -> seed ->
-environment info -> runtime -> data (+ ``check_data``) -> model (+ weights, +
-``check_input_size``) -> optimizer -> scheduler -> engine (+ resume) -> ``engine.run``. An
-exception that stops the run is also written into the log file.
+config file + ``KEY VALUE`` overrides -> (evaluation: the checkpoint read, its model and
+evaluation settings taken) -> pre-flight (``preflight.check_run``: every input checked before
+anything is downloaded, generated or written) -> log tee into the run's folder -> seed ->
+environment info -> runtime -> pretrained weights made local (``builders.resolve_weights``:
+SynthCLIP, downloads) -> data (+ ``check_data``) -> model (+ weights) -> optimizer -> scheduler
+-> engine (+ resume) -> ``engine.run``. An exception that stops the run is written into the log
+file with its traceback; the tools then print it (``tools/_cli.py``): a
+:class:`~csgn_plugin.errors.UserError` as one line, anything else with its traceback.
 
 Training writes into ``data.save_dir``. Evaluation only (``tools/test.py``) writes into a folder
 of its own, ``data.save_dir/eval/<time>/`` (log, ``results.json``, ranked images), and never
-touches the training checkpoints there. It evaluates the model the checkpoint records
-(``model_spec``; CLIP-ReID's released files are recognised): that model's architecture and input
-size and normalisation, whatever the config says about them.
+touches the training checkpoints there. It needs ``model.load_weights`` (or, explicitly,
+``test.allow_untrained True``) and evaluates the model the checkpoint records (``model_spec``;
+CLIP-ReID's released files are recognised): that model's architecture, input size and
+normalisation, whatever the config says, and the feature comparison it was trained with
+(``builders.EVALUATION_KEYS``) unless the command line sets it; every value replaced is logged,
+and ``results.json`` records the checkpoint (path, sha256, epoch).
 
 Under ``torchrun`` (WORLD_SIZE > 1) every process joins one process group (NCCL on GPUs, gloo on
 CPUs) whose collectives give up after ``runtime.dist_timeout_s``: a rank that dies or hangs stops
@@ -24,19 +30,21 @@ import datetime
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from . import builders, checks
+from . import builders, checks, preflight
 from .compat import torchreid_api
-from .config import load_config
-from .inference import read_model_spec
+from .config import ConfigError, load_config
+from .inference import CheckpointFacts, read_checkpoint_facts
 from .modeling.spec import ModelSpec, build_model_from_spec
 from .modeling.weights import load_weights_file
-from .progress import get_logger
+from .progress import LOG_FILE_ENV, get_logger
 
 tr = torchreid_api()
 
@@ -57,6 +65,11 @@ class Tee:
         self.console.flush()
         self.file.flush()
 
+    def write_to_file(self, text: str) -> None:
+        """Into the log file only (what the console gets otherwise, e.g. a traceback)."""
+        self.file.write(text)
+        self.file.flush()
+
     def close(self) -> None:
         self.file.close()
 
@@ -72,6 +85,11 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config-file", default="", help="YAML config (keys: defaults.py)")
     parser.add_argument("--root", default="", help="data root (overrides data.root)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error you can fix, show the traceback too (the log file always keeps it)",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. train.max_epoch 10"
     )
@@ -101,6 +119,25 @@ def _resume_path(resume: str, save_dir: str) -> str:
     return last if os.path.isfile(last) else ""
 
 
+def _evaluation_config(
+    cfg: CfgNode, given: Sequence[str]
+) -> tuple[CfgNode, Optional[CheckpointFacts], list[str]]:
+    """An evaluation's config for its checkpoint (``None``: the model as initialised, when asked
+    for explicitly) and the config values the checkpoint replaced
+    (:func:`builders.config_for_checkpoint`; ``given``: the keys set on the command line)."""
+    if not cfg.model.load_weights:
+        if not cfg.test.allow_untrained:
+            raise ConfigError(
+                "an evaluation needs the trained weights: set model.load_weights PATH (a "
+                "checkpoint, e.g. <data.save_dir>/checkpoints/best.pth), or test.allow_untrained "
+                "True to evaluate the model as initialised"
+            )
+        return cfg, None, []
+    facts = read_checkpoint_facts(cfg.model.load_weights)
+    cfg, replaced = builders.config_for_checkpoint(cfg, facts.spec, facts.config, given)
+    return cfg, facts, replaced
+
+
 def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     """Train (or, with ``test_only``, evaluate) as the config says; returns the engine."""
     args = parse_args(argv, "Evaluate a model" if test_only else "Train a model")
@@ -110,12 +147,12 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if test_only:
         opts += ["test.evaluate", "True"]
     cfg = load_config(args.config_file, opts)
-    spec, adapted = None, []
-    if cfg.test.evaluate and cfg.model.load_weights:
-        spec = read_model_spec(cfg.model.load_weights)
-        if spec is not None:
-            cfg, adapted = builders.config_for_spec(cfg, spec)
-    checks.check_config(cfg, _world_size())
+    facts, evaluated, replaced = None, None, []
+    if cfg.test.evaluate:
+        cfg, facts, replaced = _evaluation_config(cfg, opts[0::2])
+        evaluated = {"checkpoint": facts.record() if facts else None, "untrained": facts is None}
+    spec = facts.spec if facts is not None else None
+    preflight.check_run(cfg, _world_size(), spec)
     use_gpu = checks.resolve_device(cfg)
     checks.resolve_amp(cfg, use_gpu)
     rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)
@@ -129,20 +166,27 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         name = "test.log" if cfg.test.evaluate else "train.log"
-        sys.stdout = Tee(original_stdout, os.path.join(run_dir, f"{name}-{stamp}"))
+        log_path = os.path.join(run_dir, f"{name}-{stamp}")
+        sys.stdout = Tee(original_stdout, log_path)
+        # worker processes (SynthCLIP's towers) append their log lines to the same file
+        os.environ[LOG_FILE_ENV] = os.path.abspath(log_path)
     else:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (one writer: rank 0)
     try:
-        if adapted:
+        if replaced:
             get_logger().info(
-                f"=> Evaluating the model '{cfg.model.load_weights}' records; config values "
-                f"replaced by the checkpoint's: {'; '.join(adapted)}"
+                f"=> Evaluating the checkpoint '{cfg.model.load_weights}'; values that differ "
+                f"from the config file's: {'; '.join(replaced)}"
             )
-        return _run(cfg, use_gpu, rank, world_size, run_dir, spec)
+        return _run(cfg, use_gpu, rank, world_size, run_dir, spec, evaluated)
     except Exception as exc:
-        get_logger().error(f"=> Stopped by {type(exc).__name__}: {exc}")  # into the log file too
+        if isinstance(sys.stdout, Tee):  # the log file keeps the whole story
+            sys.stdout.write_to_file(
+                f"=> Stopped by {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            )
         raise
     finally:
+        os.environ.pop(LOG_FILE_ENV, None)
         sys.stdout.close()
         sys.stdout = original_stdout
         if world_size > 1 and dist.is_initialized():
@@ -155,7 +199,8 @@ def _run(
     rank: int,
     world_size: int,
     run_dir: str,
-    spec: ModelSpec | None = None,
+    spec: Optional[ModelSpec] = None,
+    evaluated: Optional[dict] = None,
 ) -> object:
     log = get_logger().info
     log(f"Show configuration\n{cfg}\n")
@@ -169,9 +214,10 @@ def _run(
 
     runtime = builders.build_runtime(cfg, use_gpu, rank, world_size)
     if spec is None:
-        cfg, resolved = builders.resolve_synthclip(cfg)
-        for key, path in resolved.items():
-            log(f"=> {key}: SynthCLIP weights '{path}'")
+        log(builders.describe_pretrained(cfg))
+        cfg, lines = builders.resolve_weights(cfg)
+        for line in lines:
+            log(line)
     datamanager = builders.build_datamanager(cfg, use_gpu, rank, world_size)
     checks.check_data(cfg, datamanager)
     if spec is not None:
@@ -186,11 +232,12 @@ def _run(
             get_logger().warning(report.warning_block())
     device = runtime.device
     model = model.to(device)
-    checks.check_input_size(cfg, model, device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu)
-    scheduler = builders.build_scheduler(cfg, optimizer)
+    optimizer = scheduler = None  # an evaluation trains nothing
+    if not cfg.test.evaluate:
+        optimizer = builders.build_optimizer(cfg, model, use_gpu)
+        scheduler = builders.build_scheduler(cfg, optimizer)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_gpu else None
@@ -199,7 +246,7 @@ def _run(
         model = torch.compile(model)
     spec_dict = builders.model_spec(cfg, model, datamanager.num_train_pids)
     engine = builders.build_engine(
-        cfg, datamanager, model, optimizer, scheduler, runtime, spec_dict
+        cfg, datamanager, model, optimizer, scheduler, runtime, spec_dict, evaluated
     )
     resume = _resume_path(cfg.model.resume, cfg.data.save_dir)
     if resume and not cfg.test.evaluate:

@@ -3,7 +3,9 @@
 * :func:`get_logger` is the ``csgn_plugin`` logger. It writes plain messages to *the current*
   ``sys.stdout`` (the launcher tees stdout into ``save_dir/train.log-*``; pytest's capture swaps
   it), so library users see the engine's output without configuring logging, and anyone who does
-  configure logging can replace the handler.
+  configure logging can replace the handler. In a worker process that multiprocessing started
+  for a logged run (SynthCLIP's towers pretrain in their own processes), it also appends to the
+  run's log file, which the launcher names in ``CSGN_LOG_FILE``: the log holds their lines too.
 * :class:`Progress` shows long work twice: a tqdm bar on the main process when stderr is a
   terminal (nothing in files and CI logs), and a log line with the rate and the ETA every
   ``log_every_s`` seconds, so that a log file shows where a long extraction or a big ranking is.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -20,9 +23,11 @@ from typing import Any, Optional, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["Progress", "get_logger", "track"]
+__all__ = ["LOG_FILE_ENV", "Progress", "get_logger", "track"]
 
 LOGGER_NAME = "csgn_plugin"
+#: the log file of the run a process works for (set by the launcher while the run lasts)
+LOG_FILE_ENV = "CSGN_LOG_FILE"
 T = TypeVar("T")
 
 
@@ -45,9 +50,14 @@ def get_logger() -> logging.Logger:
     """The package logger (messages as they are, INFO and above, on the current stdout)."""
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.handlers:
-        handler = _CurrentStdout()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+        handlers: list[logging.Handler] = [_CurrentStdout()]
+        run_log = os.environ.get(LOG_FILE_ENV)
+        if run_log and multiprocessing.parent_process() is not None:
+            # a worker of a logged run: its stdout is the console, not the launcher's tee
+            handlers.append(logging.FileHandler(run_log, encoding="utf-8"))
+        for handler in handlers:
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger

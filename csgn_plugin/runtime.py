@@ -29,14 +29,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from .errors import UserError
 from .fileio import atomic_write_text
 from .progress import Progress, get_logger
 
-__all__ = ["NonFiniteLossError", "Runtime", "Throughput", "UnreadableImages"]
+__all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "Runtime", "Throughput", "UnreadableImages"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss (or a weight) became NaN or Inf; the message names where and what to change."""
+
+
+class OutOfMemoryAdvice(UserError, torch.OutOfMemoryError):
+    """Out of GPU memory; the message names the batch size and what to change."""
 
 
 class Throughput:
@@ -152,6 +157,32 @@ class Runtime:
         """fp16's gradient scaler (None for bf16 and fp32, which need none)."""
         return torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
 
+    def backward_and_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scaler: Optional[torch.amp.GradScaler],
+        average_over_ranks: bool = False,
+        update_scaler: bool = True,
+    ) -> None:
+        """``loss.backward()`` then ``optimizer.step()``; through ``scaler`` when there is one
+        (fp16: the loss is scaled before the backward pass, the gradients unscaled before the
+        step, and a step whose gradients overflowed is skipped while the scale shrinks).
+
+        ``average_over_ranks``: the gradients of the optimizer's parameters are first averaged
+        over the ranks (parameters outside the DDP-wrapped model). ``update_scaler`` False: a step
+        with several optimizers updates the scaler once, after its last optimizer (PyTorch's
+        recipe for several losses and optimizers)."""
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if average_over_ranks:
+            self.average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.step(optimizer)
+        if update_scaler:
+            scaler.update()
+
     def images(self, imgs: torch.Tensor) -> torch.Tensor:
         """A batch of images on the device, in the memory format the model runs in."""
         imgs = imgs.to(self.device, non_blocking=True)
@@ -166,7 +197,7 @@ class Runtime:
             yield
         except torch.OutOfMemoryError as exc:
             height, width = self.image_size
-            raise torch.OutOfMemoryError(
+            raise OutOfMemoryAdvice(
                 f"out of GPU memory in {what} ({batch}, images {height}x{width}, "
                 f"amp '{self.amp}'). To fit: {advice}. Original error: {exc}"
             ) from exc

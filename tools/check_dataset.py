@@ -3,8 +3,9 @@
     python tools/check_dataset.py ltcc --root /data/reid [--ltcc_train_ids cc] [--name_policy skip]
 
 Prints ids, images, cameras and outfits per split (and over all splits), flags every difference
-from the counts the dataset class declares (``official_counts``), exits 1 on a layout error or a
-bad option (message on stderr), 0 otherwise (differences are reported, not fatal). Options are
+from the counts the dataset class declares (``official_counts``), exits 2 on a layout error or a
+bad option (one line on stderr; ``--debug``: with its traceback), 0 otherwise (differences are
+reported, not fatal). Options are
 the keys of the ``cc_data`` config section. ``synthcc`` is generated, not checked: when its tree
 is missing, the tool says so and generates it first.
 
@@ -19,6 +20,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import DEBUG_HELP, run  # noqa: E402
 
 
 def option_pairs(rest: list[str]) -> list[tuple[str, str]]:
@@ -37,29 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("name", help="a dataset registered by csgn_plugin, e.g. ltcc, ccvid")
     parser.add_argument("--root", required=True, help="folder that holds the dataset folder")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args, rest = parser.parse_known_args(argv)
     try:
         pairs = option_pairs(rest)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        parser.error(str(exc))
 
     # imported only now: importing the plugin loads torch and torchreid
-    from csgn_plugin.data.base import DatasetLayoutError
     from csgn_plugin.data.check import check_dataset, generation_notice, parse_options
 
-    try:
-        options = parse_options(pairs)
-        notice = generation_notice(args.name, args.root, options)
-        if notice:
-            print(notice, flush=True)
-        report = check_dataset(args.name, args.root, options)
-    except (DatasetLayoutError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    options = parse_options(pairs)
+    notice = generation_notice(args.name, args.root, options)
+    if notice:
+        print(notice, flush=True)
+    report = check_dataset(args.name, args.root, options)
     print("\n".join(report.lines()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -10,8 +10,9 @@ downloaded), the converted weights are loaded strictly, and OUT is written atomi
 ``{"state_dict", "model_spec", "converted_from"}``, which tools/test.py and the extractor
 rebuild with no config. Input options default to CLIP-ReID's configs for the file's tower
 (256x128; mean/std 0.5 for the ViT, ImageNet's for the RN50; bilinear test resize); the SIE scale
-is not in the file (see csgn_plugin.modeling.clipreid_format). Prints the spec; exits 1 with the
-reason on stderr when IN is not CLIP-ReID's or does not fit.
+is not in the file (see csgn_plugin.modeling.clipreid_format). Prints the spec; exits 2 with the
+reason on stderr when IN is missing, not CLIP-ReID's or does not fit (``--debug``: with its
+traceback).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import DEBUG_HELP, run  # noqa: E402
 
 from csgn_plugin.compat import load_checkpoint  # noqa: E402
+from csgn_plugin.errors import CheckpointMismatchError  # noqa: E402
 from csgn_plugin.fileio import atomic_save  # noqa: E402
 from csgn_plugin.modeling.clipreid_format import (  # noqa: E402
     clipreid_model_spec,
@@ -38,7 +43,7 @@ def convert(src: str, dst: str, input: dict | None = None, sie_scale: float | No
     """Write the plugin checkpoint of CLIP-ReID file ``src`` to ``dst``; returns its spec."""
     state = extract_state_dict(load_checkpoint(src), src)
     if not is_clipreid_state_dict(state):
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"'{src}' is not a CLIP-ReID checkpoint (no image_encoder.*, bottleneck_proj.* and "
             "prompt_learner.cls_ctx keys)"
         )
@@ -68,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sie-scale", type=float, help="SIE coefficient (default: 1.0 at stride 12, else 3.0)"
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser.parse_args(argv)
 
 
@@ -81,15 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         "interpolation": args.interpolation,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        spec = convert(args.src, args.dst, overrides, args.sie_scale)
-    except (OSError, RuntimeError, ValueError) as exc:
-        print(f"convert_clipreid: {exc}", file=sys.stderr)
-        return 1
+    spec = convert(args.src, args.dst, overrides, args.sie_scale)
     print(json.dumps(spec.to_dict(), indent=2))
     print(f"=> wrote '{args.dst}'")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -7,8 +7,9 @@ A dataset is downloaded into DIR/archives/ (resumable: run the same command agai
 interruption), verified, unpacked into DIR/<its folder> and checked like tools/check_dataset.py
 does; a CLIP-ReID model is written to DIR/clipreid/NAME.pth and verified to load. What is
 already there is reported, not fetched again. Without network it stops at once and says where
-to fetch the file by hand; pass that file with --archive FILE. Exits 1 on any failure (message
-on stderr). Design and sources: csgn_plugin/data/download.py.
+to fetch the file by hand; pass that file with --archive FILE. Exits 2 on any failure (the
+message on stderr; ``--debug``: with its traceback). Design and sources:
+csgn_plugin/data/download.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import DEBUG_HELP, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,23 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-check", action="store_true", help="do not check the unpacked dataset afterwards"
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     if args.name != "list" and not args.root:
         parser.error("--root is required")
 
     # imported only now: importing the plugin loads torch and torchreid
-    from csgn_plugin.data.download import FetchError, describe_catalogue, fetch
+    from csgn_plugin.data.download import describe_catalogue, fetch
 
     if args.name == "list":
         print("\n".join(describe_catalogue()))
         return 0
-    try:
-        fetch(args.name, args.root, archive=args.archive, check=not args.no_check)
-    except FetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    fetch(args.name, args.root, archive=args.archive, check=not args.no_check)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

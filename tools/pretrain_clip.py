@@ -8,7 +8,8 @@ side by side, one single-threaded process each, unless ``--sequential``) into th
 killed run resumes from its last checkpoint). Prints each tower's weight files and its training
 record (steps, wall time, loss curve); ``--probe`` then measures each tower on the held-out images
 as tools/probe_synthclip.py does. Unset options take the project's settings
-(``csgn_plugin.pretraining.default_settings``).
+(``csgn_plugin.pretraining.default_settings``). A bad setting ends the command with one line on
+stderr and exit code 2 (``--debug``: with its traceback).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _cli import DEBUG_HELP, run  # noqa: E402
+
+from csgn_plugin.errors import ConfigError  # noqa: E402
 from csgn_plugin.pretraining import default_settings, ensure_synthclip_towers  # noqa: E402
 from csgn_plugin.pretraining.cache import MANIFEST  # noqa: E402
 from csgn_plugin.pretraining.probe import probe_weights  # noqa: E402
@@ -51,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints"
     )
     parser.add_argument("--probe", action="store_true", help="probe each tower afterwards")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
@@ -62,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     towers = ("vit", "rn") if args.tower == "both" else (args.tower,)
     try:
         settings = {tower: default_settings(tower, **overrides) for tower in towers}
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ValueError as exc:  # the settings' own check names the field
+        raise ConfigError(str(exc)) from exc
     began = time.perf_counter()
     paths = ensure_synthclip_towers(
         args.root,
@@ -87,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

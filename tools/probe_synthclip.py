@@ -5,7 +5,8 @@
 For each tower, the weights are ``--weights`` (one tower only) or the cache entry of the default
 settings (pretrained first if missing, as tools/pretrain_clip.py would). Prints a table (the
 tower's numbers, the same architecture with random weights, and chance) and writes
-``probe.json`` and ``probe.txt`` next to the weights (or into ``--out``).
+``probe.json`` and ``probe.txt`` next to the weights (or into ``--out``). An error you can fix
+(a missing weight file, bad options) ends the command with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from _cli import DEBUG_HELP, run  # noqa: E402
 
+from csgn_plugin.errors import CheckpointNotFoundError, ConfigError  # noqa: E402
 from csgn_plugin.pretraining import default_settings, ensure_synthclip  # noqa: E402
 from csgn_plugin.pretraining.probe import probe_weights  # noqa: E402
 
@@ -32,15 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20, help="precision at k of the colour probe")
     parser.add_argument("--out", default="", help="folder for probe.json / probe.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     towers = ("vit", "rn") if args.tower == "both" else (args.tower,)
     if args.weights and len(towers) > 1:
-        print("error: --weights needs --tower vit or --tower rn", file=sys.stderr)
-        return 1
+        parser.error("--weights needs --tower vit or --tower rn")
+    if args.weights and not os.path.isfile(args.weights):  # before the corpus is generated
+        raise CheckpointNotFoundError(
+            f"--weights: SynthCLIP weight file not found: '{args.weights}'"
+        )
     for tower in towers:
-        settings = default_settings(tower, corpus=args.corpus, corpus_seed=args.corpus_seed)
+        try:
+            settings = default_settings(tower, corpus=args.corpus, corpus_seed=args.corpus_seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         weights = args.weights or ensure_synthclip(args.root, tower, settings)
         out_dir = args.out or os.path.dirname(os.path.abspath(weights))
         if args.out and len(towers) > 1:  # one folder per tower
@@ -50,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

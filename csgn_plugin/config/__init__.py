@@ -8,13 +8,10 @@ from collections.abc import Sequence
 
 from yacs.config import CfgNode as CN
 
+from ..errors import ConfigError
 from .defaults import get_default_config
 
 __all__ = ["ConfigError", "get_default_config", "load_config"]
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the defaults."""
 
 
 def _all_keys(cfg: CN, prefix: str = "") -> list[str]:

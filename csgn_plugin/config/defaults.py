@@ -152,6 +152,9 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.test.rerank = False
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
+    # plugin addition: an evaluation (tools/test.py, test.evaluate True) needs model.load_weights;
+    # True evaluates the model as initialised instead (the table and results.json say so)
+    cfg.test.allow_untrained = False
 
 
 def _plugin_sections(cfg: CN) -> None:

@@ -3,7 +3,9 @@
 Generated data (a SynthCC tree, the captioned corpus) is built into ``.<name>.tmp-<pid>`` next to
 its final place and renamed when complete, while an exclusive lock on ``.<name>.lock`` is held: a
 killed build never leaves a folder that looks finished, and two processes asking at once build it
-once. The OS drops the lock of a process that dies.
+once. The lock is ``filelock``'s (``flock`` on POSIX, ``LockFileEx`` on Windows): the OS drops
+the lock of a process that dies. :func:`exclusive_lock` is the one lock of the package (the
+downloads and the SynthCLIP cache take it too).
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import shutil
 from collections.abc import Iterator
 from typing import Callable, Optional, TypeVar
 
+from filelock import FileLock, Timeout
+
 from ..progress import get_logger
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: building still works, without a cross-process lock
-    fcntl = None
-
 T = TypeVar("T")
+#: seconds to wait quietly for a lock before saying whose turn it is
+QUIET_WAIT = 2.0
 
 
 def lock_path(target_dir: str) -> str:
@@ -33,16 +34,19 @@ def lock_path(target_dir: str) -> str:
 
 @contextlib.contextmanager
 def exclusive_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing); released if the process dies."""
+    """Hold an exclusive lock on ``path`` (created if missing; the file stays); released if the
+    process dies. Waits as long as another holder needs, saying so once after a short wait."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=QUIET_WAIT)
+    except Timeout:
+        get_logger().info(f"waiting for '{path}': another process holds it (building or fetching)")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_into_place(target_dir: str, build: Callable[[str], T]) -> T:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..compat import torchreid_api
+from ..errors import ConfigError, UserError
 from ..progress import get_logger
 from .image_io import ImageReadError, read_image
 
@@ -41,7 +42,7 @@ class Record:
     clothes_key: Hashable
 
 
-class DatasetLayoutError(RuntimeError):
+class DatasetLayoutError(UserError, RuntimeError):
     """A dataset folder is missing, incomplete or holds files that do not fit its layout."""
 
 
@@ -95,7 +96,7 @@ def report_unparsed(name: str, unparsed: Sequence[str], policy: str, expected: s
             msg + " (set cc_data.name_policy 'skip' to leave them out with a warning)"
         )
     if policy != "skip":
-        raise ValueError(f"cc_data.name_policy must be 'fail' or 'skip', got '{policy}'")
+        raise ConfigError(f"cc_data.name_policy must be 'fail' or 'skip', got '{policy}'")
     get_logger().warning(f"Warning: {msg}; skipped")
 
 
@@ -127,12 +128,19 @@ class ClothesDatasetMixin:
     protocols: tuple = ("general", "cc", "sc")
     #: where the data set is obtained (used in error messages and by check_dataset)
     obtain: str = ""
+    #: made on first use (SynthCC) rather than obtained: never missing before a run
+    generated: bool = False
 
     train: list
     query: list
     gallery: list
     num_train_pids: int
     _junk_pids: list
+
+    @classmethod
+    def check_generation(cls, options: dict) -> None:
+        """Refuse the ``cc_data`` options a generated data set cannot be made with, without
+        making it (``generated`` data sets only; the others check theirs while parsing)."""
 
     @property
     def num_train_clothes(self) -> int:
@@ -181,7 +189,7 @@ class ClothesImageDataset(ClothesDatasetMixin, tr.data.ImageDataset):
         _check_nonempty(type(self).__name__, train, query, gallery)
         self.image_policy = kwargs.pop("image_policy", "fail")
         if self.image_policy not in IMAGE_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"cc_data.image_policy must be one of {IMAGE_POLICIES}, got '{self.image_policy}'"
             )
         self._same_identity: tuple[list, dict] | None = None

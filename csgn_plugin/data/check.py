@@ -8,7 +8,12 @@ an archive unpacked by the downloader is judged exactly like a tree unpacked by 
 
 Differences from the official counts are reported, not raised: a tree with extra or missing
 files is still usable, and the user decides. A layout the parser cannot read raises
-:class:`~csgn_plugin.data.base.DatasetLayoutError`; a bad option raises ``ValueError``.
+:class:`~csgn_plugin.data.base.DatasetLayoutError`; a bad option raises
+:class:`~csgn_plugin.errors.ConfigError`.
+
+:func:`check_readable` is the run's pre-flight for one data set: it parses the tree as the data
+manager will (the parse is cached, so the data manager does not repeat it), and for a generated
+data set only checks the options it will be made with.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import get_default_config
+from ..errors import ConfigError
 from .base import split_statistics
 from .datasets import IMAGE_DATASETS, VIDEO_DATASETS
 from .datasets.synthcc import SynthCC
@@ -35,7 +41,7 @@ def dataset_class(name: str) -> type:
     """The dataset class registered under ``name``; a clear error listing the names otherwise."""
     cls = IMAGE_DATASETS.get(name) or VIDEO_DATASETS.get(name)
     if cls is None:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(dataset_names())}")
+        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(dataset_names())}")
     return cls
 
 
@@ -44,17 +50,17 @@ def parse_options(pairs: Sequence[tuple[str, str]]) -> dict:
     options = dict(get_default_config().cc_data)
     for key, value in pairs:
         if key not in options:
-            raise ValueError(f"unknown option '--{key}'; known: {', '.join(sorted(options))}")
+            raise ConfigError(f"unknown option '--{key}'; known: {', '.join(sorted(options))}")
         kind = type(options[key])
         if kind is bool:
             if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"--{key} expects true or false, got '{value}'")
+                raise ConfigError(f"--{key} expects true or false, got '{value}'")
             options[key] = value.lower() in ("true", "1")
         else:
             try:
                 options[key] = kind(value)
             except ValueError:
-                raise ValueError(f"--{key} expects a {kind.__name__}, got '{value}'") from None
+                raise ConfigError(f"--{key} expects a {kind.__name__}, got '{value}'") from None
     return options
 
 
@@ -117,16 +123,32 @@ def _all_statistics(train: list, query: list, gallery: list) -> dict:
     }
 
 
+def _parse(name: str, root: str, options: dict | None) -> object:
+    """Dataset ``name`` under ``root`` as the data manager builds it (nothing loaded)."""
+    kwargs = dict(parse_options([]) if options is None else options)
+    if name in VIDEO_DATASETS:
+        kwargs["transform"] = lambda frame: frame  # never applied: nothing is loaded
+    return dataset_class(name)(root=root, mode="train", verbose=False, **kwargs)
+
+
+def check_readable(name: str, root: str, options: dict) -> None:
+    """Raise what reading dataset ``name`` under ``root`` with the ``cc_data`` ``options`` would
+    raise (:class:`~csgn_plugin.data.base.DatasetLayoutError`, :class:`ConfigError`), without
+    downloading or generating anything: a generated data set checks its options only."""
+    cls = dataset_class(name)
+    if cls.generated:
+        cls.check_generation(options)
+    else:
+        _parse(name, root, options)
+
+
 def check_dataset(name: str, root: str, options: dict | None = None) -> CheckReport:
     """Parse dataset ``name`` under ``root`` and compare it with its official counts.
 
     ``options``: the ``cc_data`` options (:func:`parse_options`; the defaults when ``None``).
     """
     cls = dataset_class(name)
-    kwargs = dict(parse_options([]) if options is None else options)
-    if name in VIDEO_DATASETS:
-        kwargs["transform"] = lambda frame: frame  # never applied: nothing is loaded
-    dataset = cls(root=root, mode="train", verbose=False, **kwargs)
+    dataset = _parse(name, root, options)
     # video statistics count tracklets, before training chunks
     train = getattr(dataset, "train_videos", dataset.train)
     stats = {

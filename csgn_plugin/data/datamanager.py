@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..compat import torchreid_api
+from ..errors import ConfigError
 from ..progress import get_logger
 from .samplers import EpochSampler, SeededDataset, build_sampler
 from .transforms import build_transforms, describe
@@ -168,7 +169,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
             return init(name, **kwargs)
         except ValueError as exc:
             if "Invalid dataset name" in str(exc):
-                raise ValueError(
+                raise ConfigError(
                     f"data.sources/targets: unknown {self.data_type} dataset '{name}'. "
                     f"{str(exc).split('. ', 1)[-1]}"
                 ) from exc
@@ -178,7 +179,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         """(training ids, training outfits) booleans: True where the training split holds that
         outfit of that identity (CAL's positive outfits; Simple-CCReID's ``pid2clothes``)."""
         if self.num_train_clothes < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"data.sources {self.sources}: the training split has no clothes ids (not a "
                 "clothes-changing dataset), which this model's loss needs"
             )

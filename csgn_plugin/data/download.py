@@ -54,6 +54,7 @@ import gdown
 import requests
 import torch
 
+from ..errors import UserError
 from ..progress import get_logger
 from .atomic_dir import exclusive_lock, lock_path
 from .base import DatasetLayoutError
@@ -66,7 +67,7 @@ _COPY_CHUNK = 1 << 20
 _Verified = TypeVar("_Verified")
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A file that could not be fetched, verified or extracted; the message says what to do."""
 
 

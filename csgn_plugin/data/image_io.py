@@ -15,11 +15,13 @@ import re
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PATH_IN_MESSAGE = re.compile(r"cannot read image '(.+?)'")
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file that cannot be decoded; ``path`` names it.
 
     Also constructible from one message: a DataLoader worker re-raises an exception in the main

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import ConfigError
+
 SAMPLERS = (
     "RandomSampler",
     "RandomIdentitySampler",
@@ -164,10 +166,10 @@ class RandomIdentitySampler(EpochSampler):
             self.by_pid[item[1]].append(index)
         self.pids = sorted(self.by_pid)
         if len(self.pids) < self.ids_per_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"a batch of {batch_size} (train.batch_size) with {num_instances} instances per "
                 f"identity (sampler.num_instances) needs {self.ids_per_batch} identities, but the "
-                f"training set has {len(self.pids)}"
+                f"training set has {len(self.pids)}: lower train.batch_size"
             )
 
     def _ordered_instances(self, pid: int, rng: np.random.Generator) -> list[int]:

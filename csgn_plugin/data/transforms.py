@@ -45,6 +45,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from ..compat import torchreid_api
+from ..errors import ConfigError
 
 tr = torchreid_api()
 
@@ -147,7 +148,7 @@ def check_transform_names(names: str | Sequence[str]) -> list[str]:
         if name not in TRANSFORMS:
             close = difflib.get_close_matches(name, TRANSFORMS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
+            raise ConfigError(
                 f"data.transforms: unknown transform '{name}'{hint} Available: {list(TRANSFORMS)}"
             )
     return names
@@ -158,7 +159,7 @@ def check_interpolation(key: str, name: str) -> None:
     if name not in INTERPOLATIONS:
         close = difflib.get_close_matches(str(name), INTERPOLATIONS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"{key}: unknown interpolation '{name}'{hint} Available: {sorted(INTERPOLATIONS)}"
         )
 

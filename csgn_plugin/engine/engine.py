@@ -213,31 +213,18 @@ class CCEngine(tr.engine.Engine):
             for name, loss in auxiliary.terms.items():
                 optimizer = self.auxiliary_optimizers[name]
                 optimizer.zero_grad(set_to_none=True)
-                self._backward_and_step(optimizer, loss, average_over_ranks=True)
+                # not in the DDP-wrapped model: averaged here; the scaler updates after the last
+                runtime.backward_and_step(
+                    loss, optimizer, self.scaler, average_over_ranks=True, update_scaler=False
+                )
         with runtime.autocast():
             losses = self.objective(outputs, labels)
         loss = losses.total
         self.optimizer.zero_grad(set_to_none=True)
         if not (finite and self._finite([loss])):
             return self._skip(losses, auxiliary, stepped=finite and bool(auxiliary.terms))
-        self._backward_and_step(self.optimizer, loss)
-        if self.scaler is not None:
-            self.scaler.update()
+        runtime.backward_and_step(loss, self.optimizer, self.scaler)  # the scaler's one update
         return {**losses.logged(), **auxiliary.logged()}
-
-    def _backward_and_step(
-        self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, average_over_ranks: bool = False
-    ) -> None:
-        """``average_over_ranks``: for parameters outside the DDP-wrapped model (an objective's),
-        whose gradients DDP does not average."""
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-        if average_over_ranks:
-            params = (p for group in optimizer.param_groups for p in group["params"])
-            self.runtime.average_gradients(params)
-        if self.scaler is None:
-            optimizer.step()
-        else:
-            self.scaler.step(optimizer)
 
     def _finite(self, values: list[torch.Tensor]) -> bool:
         """False when ``runtime.nan_policy`` is 'skip' and a value is not finite on some rank."""

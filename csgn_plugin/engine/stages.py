@@ -81,6 +81,7 @@ class PromptStage(Stage):
        modality, optional cross-modal term), Adam and CLIP-ReID's stage-1 schedule, over a
        permutation of the cache cut into batches (the last one partial, as CLIP-ReID's).
        Each distinct identity of a batch is encoded once (the text tower dominates the cost).
+       Under ``runtime.amp fp16`` the steps go through a gradient scaler, as stage 2's do.
     3. ``attach``: freeze the prompts and hand ``on_text_bank`` the text features of every
        identity for every modality (the bank HSF is computed against in stage 2).
     """
@@ -96,6 +97,7 @@ class PromptStage(Stage):
         self.epoch = 0
         self.optimizer_state: dict | None = None
         self.scheduler_state: dict | None = None
+        self.scaler_state: dict | None = None
 
     def state_dict(self) -> dict:
         return {
@@ -103,6 +105,7 @@ class PromptStage(Stage):
             "epoch": self.epoch,
             "optimizer": self.optimizer_state,
             "scheduler": self.scheduler_state,
+            "scaler": self.scaler_state,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -110,6 +113,7 @@ class PromptStage(Stage):
         self.epoch = int(state["epoch"])
         self.optimizer_state = state["optimizer"]
         self.scheduler_state = state["scheduler"]
+        self.scaler_state = state.get("scaler")  # absent from checkpoints of older versions
 
     @torch.no_grad()
     def cache_features(self, context: StageContext) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -150,9 +154,12 @@ class PromptStage(Stage):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=opts.schedule.lr, weight_decay=opts.weight_decay)
         scheduler = build_prompt_scheduler(optimizer, opts.schedule)
+        scaler = context.runtime.make_scaler()
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
             scheduler.load_state_dict(self.scheduler_state)
+            if scaler is not None and self.scaler_state is not None:
+                scaler.load_state_dict(self.scaler_state)
         criterion = MutualLoss(cross_modal_weight=opts.cross_modal_weight)
         context.runtime.log(
             f"=> Stage 1 (prompt learning): {opts.schedule.max_epoch} epochs, {len(labels)} samples"
@@ -163,8 +170,9 @@ class PromptStage(Stage):
             "lower stage1.batch_size or use runtime.amp 'bf16'",
         )
         with oom:
-            self._train_prompts(context, cached, labels, optimizer, scheduler, criterion)
-        self.optimizer_state = self.scheduler_state = None  # not needed once finished
+            self._train_prompts(context, cached, labels, optimizer, scheduler, criterion, scaler)
+        # not needed once finished
+        self.optimizer_state = self.scheduler_state = self.scaler_state = None
 
     def step_loss(
         self,
@@ -196,6 +204,7 @@ class PromptStage(Stage):
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         criterion: MutualLoss,
+        scaler: torch.amp.GradScaler | None,
     ) -> None:
         opts, runtime, model = self.options, context.runtime, context.model
         n = len(labels)
@@ -214,8 +223,7 @@ class PromptStage(Stage):
                         model, criterion, cached, labels, order[start : start + opts.batch_size]
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                runtime.backward_and_step(loss, optimizer, scaler)
                 total += loss.detach()
                 steps += 1
             self.epoch += 1
@@ -223,6 +231,7 @@ class PromptStage(Stage):
             scheduler.step()
             self.optimizer_state = optimizer.state_dict()
             self.scheduler_state = scheduler.state_dict()
+            self.scaler_state = None if scaler is None else scaler.state_dict()
             mean = (total / steps).item()  # the epoch's one host sync
             seconds = time.time() - epoch_start
             runtime.throughput.count("stage1_prompt_samples", n, seconds)

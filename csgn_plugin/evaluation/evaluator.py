@@ -28,6 +28,7 @@ from ..runtime import Runtime
 from .distance import compute_distance_matrix
 from .pooling import average_clip_features
 from .ranking import MODES, RankResult, evaluate_features, evaluate_rank_modes, single_shot_evaluate
+from .visrank import write_ranked_lists
 
 __all__ = [
     "EvaluationOptions",
@@ -75,12 +76,24 @@ def call_model(model: nn.Module, imgs: torch.Tensor, camids: Optional[torch.Tens
 
 
 class Evaluator:
-    """Evaluates a model on every target of a data manager (see the module docstring)."""
+    """Evaluates a model on every target of a data manager (see the module docstring).
 
-    def __init__(self, runtime: Runtime, datamanager: Any, options: EvaluationOptions) -> None:
+    ``evaluated`` says, in an evaluation-only run, which model is evaluated: ``{"checkpoint":
+    {"path", "sha256", "epoch", ...}}``, or ``{"checkpoint": None, "untrained": True}`` for a
+    model evaluated as initialised. It heads the table and goes into ``results.json``.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        datamanager: Any,
+        options: EvaluationOptions,
+        evaluated: Optional[dict] = None,
+    ) -> None:
         self.runtime = runtime
         self.datamanager = datamanager
         self.options = options
+        self.evaluated = evaluated
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -225,15 +238,16 @@ class Evaluator:
                 distmat, *labels, modes=tuple(protocols), max_rank=opts.max_rank
             )
         if visrank and runtime.is_main:
-            query, gallery = self.datamanager.fetch_test_loaders(name)
-            torchreid_api().utils.visualize_ranked_results(
+            items = self.datamanager.test_dataset[name]
+            write_ranked_lists(
                 _numpy(distmat),
-                ([query[i] for i in q["kept"]], [gallery[i] for i in g["kept"]]),
-                self.datamanager.data_type,
-                width=self.datamanager.width,
-                height=self.datamanager.height,
-                save_dir=os.path.join(save_dir, "visrank_" + name),
-                topk=opts.visrank_topk,
+                [items["query"][i][0] for i in q["kept"]],
+                [items["gallery"][i][0] for i in g["kept"]],
+                labels,
+                protocols,
+                os.path.join(save_dir, "visrank_" + name),
+                opts.visrank_topk,
+                (self.datamanager.height, self.datamanager.width),
             )
         return results
 
@@ -261,14 +275,14 @@ class Evaluator:
 
     # ------------------------------------------------------------------ reporting
     def format(self, results: Results) -> str:
-        return format_results(results, self.options.ranks)
+        return format_results(results, self.options.ranks, describe_evaluated(self.evaluated))
 
     def selection_metric(self, results: Results) -> tuple[str, float]:
         return selection_metric(results, self.options.best_metric)
 
     def write_json(self, results: Results, path: str, extra: dict | None = None) -> None:
         """The results (every protocol's CMC up to ``max_rank``, mAP, query counts) as JSON."""
-        payload = {**(extra or {}), "results": results_to_dict(results)}
+        payload = {**(self.evaluated or {}), **(extra or {}), "results": results_to_dict(results)}
         atomic_write_text(path, json.dumps(payload, indent=2))
 
 
@@ -309,12 +323,26 @@ def results_to_dict(results: Results) -> dict:
     return out
 
 
-def format_results(results: Results, ranks: Sequence[int]) -> str:
-    """One table: a row per (dataset, protocol), R-k and mAP columns, valid query counts."""
+def describe_evaluated(evaluated: Optional[dict]) -> str:
+    """What an evaluation-only run evaluated, for the table's title ('' during training)."""
+    if not evaluated:
+        return ""
+    checkpoint = evaluated.get("checkpoint")
+    if checkpoint is None:
+        return "UNTRAINED model (test.allow_untrained True: no weights loaded)"
+    epoch = checkpoint.get("epoch")
+    after = f", after {epoch} epochs" if epoch is not None else ""
+    return f"checkpoint '{checkpoint['path']}'{after}, sha256 {checkpoint['sha256'][:12]}"
+
+
+def format_results(results: Results, ranks: Sequence[int], evaluated: str = "") -> str:
+    """One table: a row per (dataset, protocol), R-k and mAP columns, valid query counts;
+    ``evaluated`` (what model was evaluated) extends the title."""
     ranks = list(ranks)
     header = f"  {'dataset':<16}{'protocol':<10}" + "".join(f"{'R' + str(r):>8}" for r in ranks)
     header += f"{'mAP':>8}{'queries':>10}"
-    lines = ["** Results **", header, "  " + "-" * (len(header) - 2)]
+    title = "** Results **" + (f" of the {evaluated}" if evaluated else "")
+    lines = [title, header, "  " + "-" * (len(header) - 2)]
     for name, per_mode in results.items():
         for mode, res in per_mode.items():
             cells = "".join(f"{100 * res.cmc[min(r, len(res.cmc)) - 1]:8.1f}" for r in ranks)

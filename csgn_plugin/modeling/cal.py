@@ -20,8 +20,8 @@ Backbones (:data:`CAL_MODELS`, the registered torchreid names):
 Train mode returns ``{"features": BN feature, "logits": identity logits}``; eval mode Simple-
 CCReID's test feature (``test.py``): the BN features of the image and of its mirror image,
 summed, L2-normalised. ``pretrained`` loads ImageNet weights (torchvision's ResNet-50 V1 weights,
-the ``pretrained=True`` weights of the reference; torchreid's OSNet weights); without network that
-is one error naming ``model.pretrained False``.
+the ``pretrained=True`` weights of the reference; torchreid's OSNet weights), downloaded into
+their caches (a run fetches them first, ``builders.resolve_weights``).
 """
 
 from __future__ import annotations
@@ -34,22 +34,12 @@ from torch import nn
 
 from ..compat import torchreid_api
 
-__all__ = [
-    "CAL_MODELS",
-    "IDENTITY_CLASSIFIERS",
-    "CALModel",
-    "NormalizedClassifier",
-    "PretrainedWeightsError",
-]
+__all__ = ["CAL_MODELS", "IDENTITY_CLASSIFIERS", "CALModel", "NormalizedClassifier"]
 
 # registered name -> backbone
 CAL_MODELS = {"cal_resnet50": "resnet50", "cal_osnet_x0_25": "osnet_x0_25"}
 # 'linear' for the cross-entropy identity losses, 'normalized' (cosines) for CosFace
 IDENTITY_CLASSIFIERS = ("linear", "normalized")
-
-
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights asked for (``model.pretrained``) could not be loaded."""
 
 
 class NormalizedClassifier(nn.Module):
@@ -90,17 +80,7 @@ _BACKBONES = {"resnet50": _resnet50, "osnet_x0_25": _osnet_x0_25}
 
 def build_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     """``(module: images -> feature map, channels)`` of a CAL model's backbone."""
-    from gdown.exceptions import DownloadError  # torchreid fetches its weights with gdown
-
-    try:
-        return _BACKBONES[CAL_MODELS[name]](pretrained)
-    except (OSError, RuntimeError, DownloadError) as exc:
-        if not pretrained:
-            raise
-        raise PretrainedWeightsError(
-            f"model '{name}': the ImageNet weights could not be loaded ({type(exc).__name__}: "
-            f"{exc}); without network, set model.pretrained False (random weights)"
-        ) from exc
+    return _BACKBONES[CAL_MODELS[name]](pretrained)
 
 
 class CALModel(nn.Module):

@@ -33,6 +33,7 @@ from open_clip.factory import load_state_dict as open_clip_load_state_dict
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from ..errors import CheckpointNotFoundError, CheckpointReadError
 from .tiny_archs import TINY_ARCHS
 
 __all__ = [
@@ -94,7 +95,7 @@ def _pickle_layout(path: str) -> str:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(
+        raise CheckpointReadError(
             f"'{path}' is not a readable CLIP weight file (expected an OpenAI TorchScript "
             f"archive, a state dict, an open_clip checkpoint or a safetensors file): {exc}"
         ) from exc
@@ -118,14 +119,14 @@ def read_clip_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], str]:
     ``'safetensors'`` (open_clip's hub format ``open_clip_model.safetensors``).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP weight file not found: '{path}'")
+        raise CheckpointNotFoundError(f"CLIP weight file not found: '{path}'")
     if _is_torchscript(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.load is deprecated in favour of export
             try:
                 module = torch.jit.load(path, map_location="cpu")
             except RuntimeError as exc:
-                raise RuntimeError(f"'{path}': damaged TorchScript archive: {exc}") from exc
+                raise CheckpointReadError(f"'{path}': damaged TorchScript archive: {exc}") from exc
         state, fmt = dict(module.state_dict()), "openai-torchscript"
         if all(k.startswith("module.") for k in state):
             state = {k[len("module.") :]: v for k, v in state.items()}
@@ -134,7 +135,9 @@ def read_clip_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], str]:
         try:
             state = open_clip_load_state_dict(path, device="cpu", weights_only=True)
         except Exception as exc:
-            raise RuntimeError(f"'{path}' is not a readable {fmt} CLIP weight file: {exc}") from exc
+            raise CheckpointReadError(
+                f"'{path}' is not a readable {fmt} CLIP weight file: {exc}"
+            ) from exc
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise ValueError(f"'{path}' holds no CLIP state dict (expected tensors by name)")
     state = {k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}

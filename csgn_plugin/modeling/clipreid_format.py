@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import ConfigError
 from .clip_towers import resnet_grid, vit_grid
 from .csgn import CONFIG_KEYS, CSGNConfig, architecture_of
 from .spec import ModelSpec
@@ -130,7 +131,7 @@ def infer_vit_stride(tokens: int, image_size: tuple[int, int], where: str = "the
     fits = [s for s in range(1, _PATCH + 1) if _grid_tokens(image_size, s) == tokens]
     if len(fits) != 1:
         known = {s: _grid_tokens(image_size, s) for s in (16, 12)}
-        raise ValueError(
+        raise ConfigError(
             f"{where}: its ViT positional grid holds {tokens} tokens, which "
             f"{'no' if not fits else 'more than one'} patch stride gives at input size "
             f"{tuple(image_size)} (stride 16: {known[16]}, stride 12: {known[12]} tokens): "
@@ -188,7 +189,7 @@ def clipreid_facts(
         tokens = state["image_encoder.attnpool.positional_embedding"].shape[0] - 1
         grid = resnet_grid(size, 1)
         if grid[0] * grid[1] != tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: its RN50 attention-pool grid holds {tokens} tokens, but input size "
                 f"{size} gives a {grid[0]}x{grid[1]} layer-4 map: set data.height / data.width "
                 "to the size it was trained at"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..compat import load_checkpoint
+from ..errors import CheckpointMismatchError
 from .architecture import architecture_differences, decode_architecture
 from .clipreid_format import (
     clipreid_facts,
@@ -49,10 +50,6 @@ __all__ = [
 ]
 
 POLICIES = ("strict", "partial")
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's weights do not fit the model (refused, nothing loaded)."""
 
 
 @dataclass

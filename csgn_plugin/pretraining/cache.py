@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 from ..data.atomic_dir import exclusive_lock, lock_path
 from ..data.synth.corpus import CORPUS_VERSION, ensure_corpus, get_corpus_spec, load_corpus
 from ..data.synth.generator import GENERATOR_VERSION
+from ..errors import UserError
 from ..fileio import atomic_save, atomic_write_text
 from ..progress import get_logger
 from .towers import TOWER_ARCHS, arch_config, check_tower, export_state_dict
@@ -37,7 +38,7 @@ MANIFEST = "synthclip.json"
 FORMATS = {"openai": "openai.pt", "open_clip": "open_clip.pt"}
 
 
-class SynthCLIPError(RuntimeError):
+class SynthCLIPError(UserError, RuntimeError):
     """A SynthCLIP cache folder that is not a complete entry of the requested settings."""
 
 

@@ -408,10 +408,10 @@ def load_check_tool():
 
 def test_check_dataset_layout_error_exits_nonzero(tmp_path, capsys):
     tool = load_check_tool()  # in-process: a second interpreter would re-import torch (slow)
-    assert tool.main(["prcc", "--root", str(tmp_path)]) != 0
+    assert tool.run(tool.main, ["prcc", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert os.path.join(str(tmp_path), "prcc") in err and "isee-ai.cn" in err
-    assert tool.main(["ltcc", "--root", str(tmp_path), "--no_such_key", "1"]) != 0
+    assert tool.run(tool.main, ["ltcc", "--root", str(tmp_path), "--no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
 
 

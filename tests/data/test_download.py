@@ -448,7 +448,7 @@ def test_the_tool_reports_failures_on_stderr_and_lists_the_catalogue(tmp_path, c
     out = capsys.readouterr().out
     assert "clipreid_vitb16_market1501" in out
     assert "celebreid_light" in out and "manual only, from https://github.com/Huang-3" in out
-    assert tool.main(["celebreid", "--root", str(tmp_path)]) == 1
+    assert tool.run(tool.main, ["celebreid", "--root", str(tmp_path)]) == 2
     assert "OneDrive" in capsys.readouterr().err
 
 
@@ -472,7 +472,7 @@ def run_before_torch(tool: str, *args: str) -> subprocess.CompletedProcess:
         ("download.py", ["--help"], 0, "--archive ARCHIVE"),
         ("download.py", ["ccvid"], 2, "--root is required"),
         ("check_dataset.py", ["--help"], 0, "cc_data config section"),
-        ("check_dataset.py", ["ltcc", "--root", "x", "--name_policy"], 1, "'--key value' pairs"),
+        ("check_dataset.py", ["ltcc", "--root", "x", "--name_policy"], 2, "'--key value' pairs"),
     ],
 )
 def test_tools_answer_help_and_malformed_arguments_before_importing_torch(tool, args, code, says):

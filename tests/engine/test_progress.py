@@ -1,5 +1,8 @@
 """The progress helper: its status line by hand, periodic log lines on a fake clock, rank 0 only."""
 
+import multiprocessing
+import runpy
+
 import pytest
 from tqdm import tqdm
 
@@ -68,3 +71,26 @@ def test_shown_on_the_main_process_only(clock, capsys, monkeypatch):
     assert shown.enabled and isinstance(shown._bar, tqdm)  # the bar (disabled when not a tty)
     assert capsys.readouterr().out.startswith("work: 1/2 it")
     shown.close()
+
+
+def test_a_worker_processs_log_lines_reach_the_runs_log_file(tmp_path, monkeypatch):
+    """SynthCLIP's towers pretrain in spawned processes of their own: what they log joins the
+    run's log file, which the launcher names in CSGN_LOG_FILE while the run lasts."""
+    log = tmp_path / "train.log-1"
+    log.write_text("the run's own line\n")
+    script = tmp_path / "worker.py"  # progress.py by its path: no torch to import in the worker
+    script.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('progress', {progress_module.__file__!r})\n"
+        "progress = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(progress)\n"
+        "progress.get_logger().info('a line from a worker')\n"
+    )
+    monkeypatch.setenv(progress_module.LOG_FILE_ENV, str(log))
+    worker = multiprocessing.get_context("spawn").Process(
+        target=runpy.run_path, args=(str(script),)
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == 0
+    assert log.read_text() == "the run's own line\na line from a worker\n"

@@ -246,7 +246,8 @@ def test_a_release_that_does_not_fit_the_model_is_refused(monkeypatch):
 
 def test_the_converter_refuses_other_files(tmp_path, capsys):
     torch.save({"state_dict": {"conv.weight": torch.zeros(2)}}, tmp_path / "other.pth")
-    assert convert_tool.main([str(tmp_path / "other.pth"), str(tmp_path / "out.pth")]) == 1
+    args = [str(tmp_path / "other.pth"), str(tmp_path / "out.pth")]
+    assert convert_tool.run(convert_tool.main, args) == 2  # a user error: one line, exit 2
     assert "is not a CLIP-ReID checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
 

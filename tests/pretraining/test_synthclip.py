@@ -358,12 +358,13 @@ def _tool(name):
 
 
 def test_pretrain_tool_reports_the_entry(root, capsys):
-    main = _tool("pretrain_clip").main
+    tool = _tool("pretrain_clip")
+    main = tool.main
     args = ["--root", root, "--tower", "vit", "--corpus", "tiny", "--steps", "2"]
     assert main([*args, "--warmup-steps", "1", "--batch-size", "8", "--seed", "21"]) == 0
     out = capsys.readouterr().out
     assert "SynthCLIP vit: " in out and "openai.pt" in out and '"steps": 2' in out
-    assert main(["--root", root, "--warmup-steps", "5", "--steps", "5"]) == 1
+    assert tool.run(main, ["--root", root, "--warmup-steps", "5", "--steps", "5"]) == 2
     assert "warmup_steps" in capsys.readouterr().err
 
 

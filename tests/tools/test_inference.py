@@ -5,12 +5,16 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
-from run_helpers import ROOT, checkpoint, opts
+from PIL import Image
+from run_helpers import COMMON, ROOT, checkpoint, opts
 
 import csgn_plugin
+from csgn_plugin.inference import Extractor
 from csgn_plugin.launcher import main
+from csgn_plugin.modeling.spec import ModelSpec, build_model_from_spec, input_spec
 
 SHORT = ["train.max_epoch", "1", "stage1.max_epoch", "1"]
 
@@ -66,11 +70,58 @@ def test_tools_test_evaluates_the_recorded_model_whatever_the_config_says(traine
         assert results[mode]["r1"] == pytest.approx(float(res.cmc[0]), abs=1e-6)
 
 
+def test_a_csgn_checkpoint_is_evaluated_with_the_torchreid_baselines_config(trained):
+    """Only evaluation's checks apply: that config's training sampler cannot form the triplets
+    CSGN trains with, which does not matter to an evaluation; the checkpoint's feature settings
+    (normalised, where that config says raw) give training's numbers back."""
+    tmp, engine = trained
+    best = str(tmp / "run" / "checkpoints" / "best.pth")
+    evaluated = main(
+        ["--config-file", os.path.join(ROOT, "configs", "synthcc_osnet.yaml"),
+         "data.root", str(tmp / "data"), "data.save_dir", str(tmp / "osnet_config"), *COMMON,
+         "model.load_weights", best],
+        test_only=True,
+    )  # fmt: skip
+    assert evaluated.evaluator.options.normalize_feature is True
+    for mode, res in engine.last_results["synthcc"].items():
+        assert float(evaluated.last_results["synthcc"][mode].mAP) == float(res.mAP)
+
+
 def test_a_file_without_a_spec_is_refused_by_the_extractor(tmp_path):
     path = tmp_path / "bare.pth"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match="records no model_spec"):
         csgn_plugin.load_extractor(str(path))
+
+
+def test_a_picture_gives_the_same_features_as_a_file_an_array_or_a_pil_image(tmp_path):
+    """An RGBA picture (alpha 0, 128 and 255 over coloured stripes) and a 16-bit one (values up
+    to 65535), each given as a file, as the array it decodes to and as the PIL image: one
+    conversion (alpha over black, 16 bits scaled to 8) whatever the kind of input."""
+    spec = ModelSpec(
+        "osnet_x0_25", 6, {"loss": "softmax"}, input_spec(64, 32, [0.5] * 3, [0.5] * 3)
+    )
+    torch.manual_seed(0)
+    extractor = Extractor(build_model_from_spec(spec), spec)
+    rgba = np.zeros((64, 32, 4), dtype=np.uint8)
+    rgba[..., 0] = np.arange(32, dtype=np.uint8) * 8
+    rgba[..., 1] = 200
+    rgba[..., 2] = np.arange(64, dtype=np.uint8)[:, None] * 4
+    rgba[..., 3] = np.repeat([0, 128, 255, 255], 16)[:, None]
+    sixteen = (np.arange(64 * 32, dtype=np.uint32).reshape(64, 32) * 32).astype(np.uint16)
+    assert sixteen.max() > 60000
+    for name, pixels in (("rgba.png", rgba), ("sixteen.png", sixteen)):
+        path = str(tmp_path / name)
+        Image.fromarray(pixels).save(path)
+        with Image.open(path) as opened:
+            opened.load()
+            decoded = np.asarray(opened)
+            features = [extractor(given) for given in (path, decoded, opened)]
+        np.testing.assert_array_equal(decoded.astype(np.int64), pixels.astype(np.int64))
+        torch.testing.assert_close(features[1], features[0], rtol=0, atol=0)
+        torch.testing.assert_close(features[2], features[0], rtol=0, atol=0)
+    # and the conversion is the one that matters: without the alpha the features differ
+    assert not torch.equal(extractor(rgba[..., :3].copy()), extractor(rgba))
 
 
 def test_a_clip_model_trains_and_is_evaluated_on_torchreids_own_market1501(tmp_path):

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from ...errors import ConfigError
 from ..base import DatasetLayoutError
 
 
@@ -65,4 +66,4 @@ def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
     """A clear error for an option outside its allowed values."""
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"cc_data.{key} must be one of {allowed}, got {value!r}")
+        raise ConfigError(f"cc_data.{key} must be one of {allowed}, got {value!r}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import DatasetLayoutError
-from ..synth import SynthCCError, ensure_synthcc
+from ..synth import SynthCCError, ensure_synthcc, get_preset
+from ..synth.generator import check_seed
+from ._scan import check_choice
 from .ltcc import LTCC
 
 
@@ -23,6 +25,7 @@ class SynthCC(LTCC):
     """
 
     protocols = ("general", "cc", "sc")
+    generated = True
     obtain = (
         "SynthCC is generated on first use by csgn_plugin.data.synth.ensure_synthcc(root, preset, "
         "seed); nothing needs to be downloaded."
@@ -43,6 +46,12 @@ class SynthCC(LTCC):
         self.synthcc_preset = synthcc_preset
         self.synthcc_seed = synthcc_seed
         super().__init__(root, **kwargs)
+
+    @classmethod
+    def check_generation(cls, options: dict) -> None:
+        get_preset(options.get("synthcc_preset", "default"))
+        check_seed(options.get("synthcc_seed", 0))
+        check_choice("ltcc_train_ids", options.get("ltcc_train_ids", "all"), ("all", "cc"))
 
     def _dataset_dir(self, root: str, **kwargs: Any) -> str:
         """The generated tree of this preset and seed (generated here when missing)."""

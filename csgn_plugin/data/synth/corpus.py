@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from ...errors import ConfigError, UserError
 from ...progress import get_logger
 from ..atomic_dir import ensure_built, finished_manifest, read_manifest
 from .captions import (
@@ -66,7 +67,7 @@ IMAGES = "images.npy"
 SAMPLES = "samples.json"
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """A corpus folder that is not a complete corpus of the requested preset and seed."""
 
 
@@ -116,7 +117,7 @@ CORPUS_PRESETS: dict[str, CorpusSpec] = {
 def get_corpus_spec(preset: str) -> CorpusSpec:
     """The spec of a named corpus preset, or one clear error listing the names."""
     if preset not in CORPUS_PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown captioned-corpus preset '{preset}': expected one of "
             f"{', '.join(sorted(CORPUS_PRESETS))}"
         )

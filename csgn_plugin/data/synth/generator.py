@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import asdict
 
+from ...errors import ConfigError, UserError
 from ...progress import Progress, get_logger
 from ..atomic_dir import ensure_built, finished_manifest
 from .presets import get_preset
@@ -41,7 +42,7 @@ INFO_FILES = (
 )
 
 
-class SynthCCError(RuntimeError):
+class SynthCCError(UserError, RuntimeError):
     """A SynthCC folder that is not a complete tree of the requested preset and seed."""
 
 
@@ -57,13 +58,14 @@ def synthcc_dir(root: str, preset: str, seed: int) -> str:
     )
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
+    """``seed`` as an int, or a clear error for anything but a non-negative integer."""
     try:
         value = operator.index(seed)
     except TypeError:
         value = -1
     if isinstance(seed, bool) or value < 0:
-        raise ValueError(
+        raise ConfigError(
             f"SynthCC seed (cc_data.synthcc_seed) must be a non-negative integer, got {seed!r}"
         )
     return value
@@ -129,7 +131,7 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
     """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) and return its
     statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`."""
     spec = get_preset(preset)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
         raise SynthCCError(f"cannot generate SynthCC into '{dataset_dir}': the folder is not empty")
     start = time.perf_counter()
@@ -214,7 +216,7 @@ def ensure_synthcc(root: str, preset: str = "default", seed: int = 0) -> str:
     info/`` in LTCC's layout. Safe against killed runs and concurrent callers (see module doc).
     """
     get_preset(preset)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     dataset_dir = synthcc_dir(root, preset, seed)
     stats = ensure_built(
         dataset_dir,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ...errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SynthSpec:
@@ -98,7 +100,7 @@ PRESETS["hard"] = replace(PRESETS["default"], shared_outfit_fraction=0.9, shared
 def get_preset(preset: str) -> SynthSpec:
     """The spec of a named preset, or one clear error listing the names."""
     if preset not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown SynthCC preset '{preset}' (cc_data.synthcc_preset): expected one of "
             f"{', '.join(sorted(PRESETS))}"
         )
