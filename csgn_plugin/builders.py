@@ -22,10 +22,11 @@ import yaml
 from torch import nn
 from yacs.config import CfgNode
 
-from .checks import OPTIMIZERS, resolve_amp
+from .checks import OPTIMIZERS, resolve_amp, resolve_compile
 from .compat import model_factory, torchreid_api
 from .config import ConfigError, get_default_config
 from .data.datamanager import ClothesDataManager
+from .data.image_cache import CacheOptions
 from .engine.engine import CCEngine, LoopOptions, unwrap_model
 from .engine.schedules import EpochSchedule, PromptSchedule, build_epoch_scheduler
 from .engine.stages import PromptStage, PromptStageOptions, Stage, stages_for
@@ -75,7 +76,13 @@ def build_datamanager(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: in
         sample_method=cfg.video.sample_method,
         dataset_options=dict(cfg.cc_data),
         train=not cfg.test.evaluate,
+        cache=cache_options(cfg),
     )
+
+
+def cache_options(cfg: CfgNode) -> CacheOptions:
+    d = cfg.data
+    return CacheOptions(mode=d.cache, device_gb=d.cache_device_gb, host_gb=d.cache_host_gb)
 
 
 # ---------------------------------------------------------------------- models
@@ -716,11 +723,34 @@ def build_runtime(cfg: CfgNode, use_gpu: bool, rank: int = 0, world_size: int = 
     return Runtime(
         device=device,
         amp=resolve_amp(cfg, use_gpu),
-        channels_last=cfg.runtime.channels_last,
+        channels_last=cfg.runtime.channels_last == "on",  # 'auto': checks.resolve_channels_last
         rank=rank,
         world_size=world_size,
         image_size=(cfg.data.height, cfg.data.width),
     )
+
+
+def accelerate(cfg: CfgNode, model: nn.Module, runtime: Runtime, datamanager: Any) -> nn.Module:
+    """The model the engine steps, as ``runtime.compile`` resolves for this run (its stage-2 steps
+    counted from the sampler's first epoch): wrapped for CUDA graphs (``runtime.graphs``, which
+    the prompt stage's text passes follow), ``torch.compile``'d, or as it is."""
+    sampler = getattr(datamanager, "train_sampler", None)
+    steps = 0 if sampler is None else sampler.num_batches(0) * cfg.train.max_epoch
+    cuda = runtime.device.type == "cuda"
+    mode = resolve_compile(cfg, cuda, runtime.world_size, steps)
+    layout = "NHWC" if runtime.channels_last else "NCHW"
+    what = {"off": "eager", "graphs": "CUDA graphs of the static-shape passes"}
+    runtime.log(
+        f"=> Steps: {what.get(mode, f'torch.compile mode {mode!r}')}, {layout} "
+        f"(runtime.compile '{cfg.runtime.compile}', runtime.channels_last "
+        f"'{cfg.runtime.channels_last}')"
+    )
+    if mode == "graphs":
+        runtime.graphs = True
+        return runtime.graphed(model, "stage2")
+    if mode != "off":
+        return torch.compile(model, mode=mode)
+    return model
 
 
 def build_engine(
@@ -738,6 +768,8 @@ def build_engine(
     (:class:`~csgn_plugin.evaluation.evaluator.Evaluator`)."""
     objective = build_objective(cfg, model, datamanager).to(runtime.device)
     use_gpu = runtime.device.type == "cuda"
+    for _, images, seconds in getattr(datamanager, "cache_timings", ()):
+        runtime.throughput.count("data_decode_img", images, seconds)
     return CCEngine(
         datamanager,
         model,

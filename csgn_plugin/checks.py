@@ -22,6 +22,7 @@ from yacs.config import CfgNode
 from .compat import model_factory, torchreid_api
 from .config import ConfigError, get_default_config
 from .data.base import IMAGE_POLICIES
+from .data.image_cache import CACHE_MODES
 from .data.samplers import IDENTITY_SAMPLERS, SAMPLERS
 from .data.transforms import check_interpolation, check_transform_names
 from .engine.engine import unwrap_model
@@ -42,6 +43,8 @@ __all__ = [
     "check_input_size",
     "describe_model_choice",
     "resolve_amp",
+    "resolve_channels_last",
+    "resolve_compile",
     "resolve_device",
 ]
 
@@ -59,6 +62,18 @@ UNSUPPORTED_KEYS = {
     "sampler.num_cams": "RandomDomainSampler",
     "sampler.num_datasets": "RandomDatasetSampler",
 }
+# runtime.compile: 'auto', eager, CUDA graphs of the eager passes, or a torch.compile mode
+COMPILE_MODES = (
+    "auto",
+    "off",
+    "graphs",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+# 'auto' graphs runs of at least this many stage-2 steps: a capture costs about four steps
+MIN_GRAPHED_STEPS = 50
 # train.optim: torchreid's names with torchreid's meanings, plus AdamW
 OPTIMIZERS = ("adam", "amsgrad", "adamw", "sgd", "rmsprop")
 # sections that only the plugin's CLIP models (csgn, clipreid_*) read
@@ -118,6 +133,36 @@ def resolve_amp(cfg: CfgNode, use_gpu: bool) -> str:
     return amp
 
 
+def resolve_channels_last(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> bool:
+    """``runtime.channels_last`` -> NHWC or not ('auto': on CUDA, for a model with a
+    convolutional tower - more than one convolution: a ViT's patch embedding alone is not)."""
+    value = cfg.runtime.channels_last
+    _choice("runtime.channels_last", value, ("auto", "on", "off"))
+    if value == "auto":
+        convolutions = sum(isinstance(m, nn.Conv2d) for m in unwrap_model(model).modules())
+        return use_gpu and convolutions > 1
+    return value == "on"
+
+
+def resolve_compile(cfg: CfgNode, use_gpu: bool, world_size: int, steps: int) -> str:
+    """``runtime.compile`` -> 'off', 'graphs' or a torch.compile mode. 'auto': CUDA graphs on
+    CUDA in a single process for runs of at least ``MIN_GRAPHED_STEPS`` stage-2 steps (``steps``),
+    eager otherwise (a CPU, DDP, short runs, evaluation alone)."""
+    value = cfg.runtime.compile
+    _choice("runtime.compile", value, COMPILE_MODES)
+    if value == "auto":
+        fits = use_gpu and world_size == 1 and steps >= MIN_GRAPHED_STEPS
+        return "graphs" if fits else "off"
+    if value == "graphs" and not use_gpu:
+        raise ConfigError("runtime.compile 'graphs' needs CUDA; use 'auto' or 'off' on a CPU")
+    if value == "graphs" and world_size > 1:
+        raise ConfigError(
+            "runtime.compile 'graphs' runs in a single process; with torchrun use 'auto' (eager) "
+            "or a torch.compile mode"
+        )
+    return value
+
+
 def is_clip_model(name: str) -> bool:
     """Whether ``model.name`` is one of the plugin's CLIP models (they read ``CLIP_SECTIONS``)."""
     return name in MODEL_PRESETS
@@ -171,6 +216,7 @@ def _check_names(cfg: CfgNode) -> None:
     """Datasets, model, data options and runtime: what training and evaluation both use."""
     tr = torchreid_api()
     _choice("data.type", cfg.data.type, ("image", "video"))
+    _choice("data.cache", cfg.data.cache, CACHE_MODES)
     registry = vars(tr.data.datasets)[f"__{cfg.data.type}_datasets"]
     for key in ("sources", "targets"):
         for name in cfg.data[key]:
@@ -190,6 +236,8 @@ def _check_names(cfg: CfgNode) -> None:
     check_interpolation("data.test_interpolation", cfg.data.test_interpolation)
     _choice("runtime.device", cfg.runtime.device, ("auto", "cuda", "cpu"))
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
+    _choice("runtime.compile", cfg.runtime.compile, COMPILE_MODES)
+    _choice("runtime.channels_last", cfg.runtime.channels_last, ("auto", "on", "off"))
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
     _at_least_each(
         cfg,
@@ -198,6 +246,8 @@ def _check_names(cfg: CfgNode) -> None:
             "data.width": 1,
             "data.workers": 0,
             "data.pad_crop_padding": 0,
+            "data.cache_device_gb": 0,
+            "data.cache_host_gb": 0,
             "runtime.dist_timeout_s": 1,
         },
     )

@@ -232,7 +232,8 @@ def _run(
             get_logger().warning(report.warning_block())
     device = runtime.device
     model = model.to(device)
-    if cfg.runtime.channels_last:
+    runtime.channels_last = checks.resolve_channels_last(cfg, model, use_gpu)
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = scheduler = None  # an evaluation trains nothing
     if not cfg.test.evaluate:
@@ -242,8 +243,7 @@ def _run(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_gpu else None
         )
-    if cfg.runtime.compile:
-        model = torch.compile(model)
+    model = builders.accelerate(cfg, model, runtime, datamanager)  # runtime.compile
     spec_dict = builders.model_spec(cfg, model, datamanager.num_train_pids)
     engine = builders.build_engine(
         cfg, datamanager, model, optimizer, scheduler, runtime, spec_dict, evaluated

@@ -3,8 +3,9 @@
 :class:`Runtime` sits below the engine, the prompt stage and the evaluator; none of them touches
 ``torch.distributed``, autocast or out-of-memory handling directly. It owns:
 
-* the device, mixed precision (``bf16``, ``fp16`` with a gradient scaler, ``off``) and
-  ``channels_last``;
+* the device, mixed precision (``bf16``, ``fp16`` with a gradient scaler, ``off``),
+  ``channels_last`` and CUDA graphs (``graphs``: the static-shape passes replayed from graphs,
+  ``graphs.py``);
 * DDP: this rank's contiguous shard of an in-order loader, gathers of *tensors* (padded to
   the largest shard and all-gathered, never pickled: a LaST-size gallery is 1.7 GB as objects),
   and the mean over ranks of gradients the DDP wrapper does not see (an objective's parameters);
@@ -27,10 +28,12 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .errors import UserError
 from .fileio import atomic_write_text
+from .graphs import GraphedModule
 from .progress import Progress, get_logger
 
 __all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "Runtime", "Throughput", "UnreadableImages"]
@@ -111,6 +114,7 @@ class Runtime:
         rank: int,
         world_size: int,
         image_size: tuple[int, int],
+        graphs: bool = False,
     ) -> None:
         if amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"runtime.amp must be resolved to 'bf16', 'fp16' or 'off', got {amp}")
@@ -120,6 +124,9 @@ class Runtime:
         self.rank = rank
         self.world_size = world_size
         self.image_size = tuple(image_size)
+        if graphs and (device.type != "cuda" or world_size > 1):
+            raise ValueError("CUDA graphs need a CUDA device and a single process")
+        self.graphs = graphs
         self.save_dir = ""  # where the last good checkpoint is, for error messages
         self.throughput = Throughput()
         self.unreadable = UnreadableImages()
@@ -151,7 +158,10 @@ class Runtime:
         if self.amp == "off":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        # a graph replays the casts it captured: autocast's cache of cast weights must be off
+        return torch.autocast(
+            device_type=self.device.type, dtype=dtype, cache_enabled=not self.graphs
+        )
 
     def make_scaler(self) -> Optional[torch.amp.GradScaler]:
         """fp16's gradient scaler (None for bf16 and fp32, which need none)."""
@@ -189,6 +199,26 @@ class Runtime:
         if self.channels_last and imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         return imgs
+
+    def graphed(self, module: nn.Module, name: str) -> nn.Module:
+        """``module`` replayed from CUDA graphs where shapes are static (``graphs``), else itself;
+        every capture is logged and timed (``<name>_graph_capture`` in ``throughput.json``)."""
+        if not self.graphs:
+            return module
+
+        def record(kind: str, seconds: float, what: str, error: Optional[BaseException]) -> None:
+            if error is not None:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                self.log(
+                    f"Warning: the {kind} pass of {what} could not be captured as a CUDA graph "
+                    f"({type(error).__name__}: {reason}); it runs eagerly"
+                )
+                return
+            phase = f"{name}_graph_capture" if kind == "training" else "eval_graph_capture"
+            self.throughput.count(phase, 1, seconds)
+            self.log(f"=> CUDA graph of the {kind} pass of {what} captured in {seconds:.1f}s")
+
+        return GraphedModule(module, name, record)
 
     @contextlib.contextmanager
     def explain_out_of_memory(self, what: str, batch: str, advice: str) -> Iterator[None]:
@@ -248,6 +278,8 @@ class Runtime:
             return loader
         n = len(loader.dataset)
         lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+        if hasattr(loader, "subset"):  # batches of decoded images (data.cache)
+            return loader.subset(range(lo, hi))
         return DataLoader(
             Subset(loader.dataset, range(lo, hi)),
             batch_size=loader.batch_size,

@@ -14,6 +14,20 @@ from .defaults import get_default_config
 __all__ = ["ConfigError", "get_default_config", "load_config"]
 
 
+# keys that were booleans and became words (with 'auto'): true / false still mean what they meant
+BOOLEAN_WORDS = {
+    ("runtime", "compile"): {True: "default", False: "off"},
+    ("runtime", "channels_last"): {True: "on", False: "off"},
+}
+
+
+def _booleans_as_words(node: CN) -> None:
+    for (section, key), words in BOOLEAN_WORDS.items():
+        value = node.get(section, {}).get(key) if isinstance(node.get(section), CN) else None
+        if isinstance(value, bool):
+            node[section][key] = words[value]
+
+
 def _all_keys(cfg: CN, prefix: str = "") -> list[str]:
     keys = []
     for key, value in cfg.items():
@@ -56,6 +70,7 @@ def _merge_file(cfg: CN, config_file: str, seen: tuple = ()) -> None:
         path = os.path.join(os.path.dirname(config_file), base)
         _merge_file(cfg, os.path.normpath(path), (*seen, config_file))
     _check_keys(cfg, other, config_file)
+    _booleans_as_words(other)
     try:
         cfg.merge_from_other_cfg(other)
     except (ValueError, KeyError) as exc:
@@ -83,8 +98,9 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
             node = node.setdefault(part, CN())
         node[leaf] = CN._decode_cfg_value(value)
     _check_keys(cfg, override, "command line")
+    _booleans_as_words(override)
     try:
-        cfg.merge_from_list(opts)
+        cfg.merge_from_other_cfg(override)
     except (ValueError, KeyError, AssertionError) as exc:
         raise ConfigError(f"command line: {exc}") from exc
     cfg.freeze()

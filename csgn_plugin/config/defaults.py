@@ -45,6 +45,14 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.data.train_interpolation = "bilinear"
     cfg.data.test_interpolation = "bilinear"
     cfg.data.pad_crop_padding = 10
+    # images decoded once (csgn_plugin/data/image_cache.py): every split read, decoded and
+    # resized a single time into memory, batches augmented on the device. 'auto' (on CUDA),
+    # 'on' (also on a CPU), 'off' (per-image loading in workers). A split goes to the training
+    # device while the splits fit cache_device_gb, then to (pinned) host memory while they fit
+    # cache_host_gb, else it is loaded per image
+    cfg.data.cache = "auto"
+    cfg.data.cache_device_gb = 8.0
+    cfg.data.cache_host_gb = 16.0
     cfg.data.k_tfm = 1
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]
@@ -172,8 +180,14 @@ def _plugin_sections(cfg: CN) -> None:
     cfg.runtime = CN()
     cfg.runtime.device = "auto"  # 'auto' (cuda when available), 'cuda', 'cpu'
     cfg.runtime.amp = "auto"  # 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
-    cfg.runtime.channels_last = False
-    cfg.runtime.compile = False
+    # NHWC images and weights: 'auto' (on CUDA for models with convolutional towers), 'on', 'off'
+    cfg.runtime.channels_last = "auto"
+    # the training step and extraction: 'auto' (CUDA graphs on CUDA, single process, runs of at
+    # least 50 stage-2 steps; eager otherwise), 'graphs' (CUDA graphs of the static-shape passes,
+    # csgn_plugin/graphs.py), 'off' (eager), or a torch.compile mode: 'default',
+    # 'reduce-overhead' (compiled and CUDA-graphed), 'max-autotune'. True / False mean
+    # 'default' / 'off'
+    cfg.runtime.compile = "auto"
     cfg.runtime.pin_memory = True
     cfg.runtime.persistent_workers = True
     cfg.runtime.prefetch_factor = 2

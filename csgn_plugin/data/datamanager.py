@@ -12,6 +12,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
 * loaders that keep a GPU fed: workers, pinned memory, persistent workers, prefetch;
 * loaders that draw nothing from torch's global generator (dropout's), so iterating one again
   after a resume leaves a resumed run's random numbers as the uninterrupted run's;
+* images decoded once (``data.cache``, ``image_cache.py``): each split decoded and resized a
+  single time into memory (the training device first), then batches augmented on the device;
 * ``protocols[name]``: the evaluation protocols each target dataset declares;
 * ``identity_outfits()``: which outfits of the training split each identity wears.
 """
@@ -28,6 +30,17 @@ from torch.utils.data import DataLoader
 from ..compat import torchreid_api
 from ..errors import ConfigError
 from ..progress import get_logger
+from .batch_augment import batch_augmentation
+from .image_cache import (
+    CacheBudget,
+    CachedEvalLoader,
+    CachedTrainLoader,
+    CacheOptions,
+    DecodedImages,
+    image_bytes,
+    log_decoded,
+    timed_decode,
+)
 from .samplers import EpochSampler, SeededDataset, build_sampler
 from .transforms import build_transforms, describe
 
@@ -68,6 +81,7 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         sample_method: str = "evenly",
         dataset_options: dict | None = None,
         train: bool = True,
+        cache: CacheOptions | None = None,
     ) -> None:
         # torchreid's DataManager.__init__ would build its own transforms (ignoring names it does
         # not know); its few attributes are set here instead
@@ -86,6 +100,11 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
             pad_crop_padding=pad_crop_padding,
         )
         self.use_gpu = torch.cuda.is_available() and use_gpu
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if self.use_gpu
+            else torch.device("cpu")
+        )
         get_logger().info(f"=> Train transforms: {describe(self.transform_tr)}")
         get_logger().info(f"=> Test transforms: {describe(self.transform_te)}")
         if data_type not in ("image", "video"):
@@ -102,6 +121,11 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
             "persistent_workers": persistent_workers and workers > 0,
             "prefetch_factor": prefetch_factor if workers > 0 else None,
         }
+        # decoded-image caches: the splits that fit, in this order (training, then test)
+        caching = cache is not None and CacheBudget.enabled(cache, self.device)
+        self._budget = CacheBudget(cache, self.device) if caching and data_type == "image" else None
+        self.cache_timings: list[tuple[str, int, float]] = []  # (split, images, seconds)
+        self._feature_images: tuple[DecodedImages, int] | None = None
         common = {"root": root, "combineall": combineall, **(dataset_options or {})}
         if data_type == "video":
             common.update(seq_len=seq_len, sample_method=sample_method)
@@ -134,6 +158,8 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
                 drop_last=True,
                 **self._loader_kwargs,
             )
+            if self._budget is not None:
+                self._cache_train_split(trainset, batch_size_train // world_size)
 
         get_logger().info("=> Loading test (target) dataset")
         self.test_loader: dict[str, dict[str, DataLoader]] = {}
@@ -149,7 +175,9 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
                     verbose=mode == "query",
                     **common,
                 )
-                loaders[mode] = DataLoader(
+                loaders[mode] = self._cached_test_split(
+                    dataset, f"{name} {mode}", batch_size_test
+                ) or DataLoader(
                     dataset, batch_size=batch_size_test, shuffle=False, **self._loader_kwargs
                 )
                 # the tracklets, also when a video dataset tests on clips of them
@@ -188,8 +216,70 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
         outfits[items[:, 0], items[:, 1]] = True
         return outfits
 
-    def train_loader_for_features(self, batch_size: int) -> DataLoader:
+    # ------------------------------------------------------------------ decoded once
+    def _decode(self, dataset: Any, what: str, interpolations: list[str]) -> DecodedImages | None:
+        """``dataset`` decoded at every interpolation asked for, where the budget has room (the
+        training set may ask for a second copy: it is dropped first when both do not fit)."""
+        assert self._budget is not None
+        one = image_bytes(len(dataset), self.height, self.width)
+        while interpolations:
+            place = self._budget.place(one * len(interpolations))
+            if place is not None:
+                break
+            interpolations = interpolations[:-1]
+        if not interpolations:
+            get_logger().info(
+                f"=> {what}: {len(dataset)} images ({one / 1e9:.2f} GB decoded) exceed the "
+                "cache budget (data.cache_device_gb, data.cache_host_gb); loaded per image"
+            )
+            return None
+        storage, pinned = place
+        workers = self._loader_kwargs["num_workers"]
+        decoded, seconds = timed_decode(
+            dataset, (self.height, self.width), interpolations, storage, pinned, workers, what
+        )
+        self.cache_timings.append((what, len(decoded), seconds))
+        log_decoded(what, decoded, storage, seconds)
+        return decoded
+
+    def _cache_train_split(self, trainset: Any, batch_size: int) -> None:
+        augmentation = batch_augmentation(self.transform_tr)
+        if augmentation is None:
+            get_logger().info(
+                "=> The training transforms hold an operation the batch path does not implement "
+                "(random_crop, random_patch, color_jitter): training images are loaded per image"
+            )
+            return
+        features = batch_augmentation(self.transform_te)
+        sizes = [augmentation.interpolation]
+        if features is not None and features.interpolation != augmentation.interpolation:
+            sizes.append(features.interpolation)  # the stage-1 feature pass's test resize
+        decoded = self._decode(trainset, "train", sizes)
+        if decoded is None:
+            return
+        self.train_loader = CachedTrainLoader(
+            decoded, self.train_sampler, batch_size, augmentation, self.device
+        )
+        if features is not None and features.interpolation in sizes[: len(decoded.images)]:
+            self._feature_images = (decoded, sizes.index(features.interpolation))
+
+    def _cached_test_split(
+        self, dataset: Any, what: str, batch_size: int
+    ) -> CachedEvalLoader | None:
+        normalise = batch_augmentation(self.transform_te)
+        if self._budget is None or normalise is None:
+            return None
+        decoded = self._decode(dataset, what, [normalise.interpolation])
+        if decoded is None:
+            return None
+        return CachedEvalLoader(decoded, batch_size, normalise, self.device)
+
+    def train_loader_for_features(self, batch_size: int) -> DataLoader | CachedEvalLoader:
         """The training set with test transforms, in order, unsharded (stage-1 feature cache)."""
+        if self._feature_images is not None:
+            decoded, which = self._feature_images
+            normalise = batch_augmentation(self.transform_te)
+            return CachedEvalLoader(decoded, batch_size, normalise, self.device, which)
         plain = copy.copy(self.trainset)
         plain.transform = self.transform_te
         plain.data = plain.train

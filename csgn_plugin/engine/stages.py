@@ -181,16 +181,24 @@ class PromptStage(Stage):
         cached: dict[str, torch.Tensor],
         labels: torch.Tensor,
         index: torch.Tensor,
+        text_pass: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+        id_slots: int = 0,
     ) -> torch.Tensor:
         """The mutual loss of the cached samples ``index`` against their identities' prompts.
 
         ``labels`` and ``index`` live on the CPU: the distinct identities of the batch (each is
-        encoded once) are found there, without a device synchronisation."""
+        encoded once) are found there, without a device synchronisation. ``text_pass(ids,
+        modality)`` encodes them (default: ``model.prompt_features``); ``id_slots`` > 0 pads
+        them to that many with copies of the first (static shapes for a CUDA graph: no sample
+        reads a copy, so the loss and the gradients are unchanged)."""
         device = cached[model.modalities[0]].device
         target = labels[index]
         ids, inverse = target.unique(return_inverse=True)
+        if id_slots:
+            ids = torch.cat([ids, ids[:1].expand(id_slots - len(ids))])
         ids, inverse = ids.to(device, non_blocking=True), inverse.to(device, non_blocking=True)
-        text = {m: model.prompt_features(ids, m).float()[inverse] for m in model.modalities}
+        text_pass = text_pass or model.prompt_features
+        text = {m: text_pass(ids, m).float()[inverse] for m in model.modalities}
         index = index.to(device, non_blocking=True)
         image = {m: cached[m][index] for m in model.modalities}
         loss, _ = criterion(image, text, target.to(device, non_blocking=True))
@@ -210,6 +218,7 @@ class PromptStage(Stage):
         n = len(labels)
         labels = labels.cpu()
         max_epoch = opts.schedule.max_epoch
+        text_pass, id_slots = self.graphed_text_passes(runtime, model)
         while self.epoch < max_epoch:
             epoch_start = time.time()
             lr = optimizer.param_groups[0]["lr"]
@@ -219,8 +228,9 @@ class PromptStage(Stage):
             steps = 0
             for start in range(0, n, opts.batch_size):
                 with runtime.autocast():
+                    batch = order[start : start + opts.batch_size]
                     loss = self.step_loss(
-                        model, criterion, cached, labels, order[start : start + opts.batch_size]
+                        model, criterion, cached, labels, batch, text_pass, id_slots
                     )
                 optimizer.zero_grad(set_to_none=True)
                 runtime.backward_and_step(loss, optimizer, scaler)
@@ -248,6 +258,18 @@ class PromptStage(Stage):
             if self.finished or (period > 0 and self.epoch % period == 0):
                 context.save_checkpoint()
 
+    def graphed_text_passes(
+        self, runtime: Runtime, model: nn.Module
+    ) -> tuple[Callable[[torch.Tensor, str], torch.Tensor] | None, int]:
+        """With CUDA graphs (``runtime.graphs``): each modality's text pass replayed from a graph
+        over a fixed number of identity slots (``min(stage1.batch_size, ids)``), the text
+        transformer stopping at the end-of-text token; and that number. Otherwise (None, 0):
+        the eager pass over the distinct identities, every position."""
+        if not runtime.graphs:
+            return None, 0
+        passes = {m: runtime.graphed(_TextPass(model, m), "stage1") for m in model.modalities}
+        return (lambda ids, m: passes[m](ids)), min(self.options.batch_size, model.num_ids)
+
     @torch.no_grad()
     def attach(self, context: StageContext) -> None:
         model = context.model
@@ -266,6 +288,19 @@ class PromptStage(Stage):
             f"=> Text bank: {model.num_ids} ids x {', '.join(bank)} "
             f"({next(iter(bank.values())).shape[1]}-d)"
         )
+
+
+class _TextPass(nn.Module):
+    """One modality's prompt features of a tensor of identities, up to the end-of-text token
+    (a module, for ``Runtime.graphed``: its parameters are the model's)."""
+
+    def __init__(self, model: nn.Module, modality: str) -> None:
+        super().__init__()
+        self.model = model
+        self.modality = modality
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.prompt_features(ids, self.modality, up_to_eot=True)
 
 
 def stages_for(model: nn.Module) -> tuple[str, ...]:

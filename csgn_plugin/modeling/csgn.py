@@ -310,10 +310,13 @@ class CSGN(nn.Module):
         finally:
             tower.train(was_training)
 
-    def prompt_features(self, pids: torch.Tensor, modality: str) -> torch.Tensor:
-        """Text features (len(pids), E) of these identities' prompts of one modality."""
+    def prompt_features(
+        self, pids: torch.Tensor, modality: str, up_to_eot: bool = False
+    ) -> torch.Tensor:
+        """Text features (len(pids), E) of these identities' prompts of one modality
+        (``up_to_eot``: the text transformer stops at the end-of-text token, ``TextEncoder``)."""
         prompts = self.prompt_learner(pids, modality)
-        return self.text_encoder(prompts, self.prompt_learner.eot_index)
+        return self.text_encoder(prompts, self.prompt_learner.eot_index, up_to_eot)
 
     def parameter_part(self, name: str) -> Optional[str]:
         """The part a stage-2 parameter belongs to ('vit', 'resnet', 'fusion', 'head'), or None

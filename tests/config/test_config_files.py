@@ -59,6 +59,20 @@ def test_ablations_change_only_their_switches(name, expected):
     assert changed == expected
 
 
+def test_ltcc_size_run_keeps_csgn_ltccs_whole_schedule():
+    base = _flat(load_config(os.path.join(ROOT, "configs", "csgn_ltcc.yaml")))
+    path = os.path.join(ROOT, "projects", "CSGN", "configs", "synthcc_ltcc_size.yaml")
+    run = _flat(load_config(path))
+    changed = {k: v for k, v in run.items() if base[k] != v and k != "data.save_dir"}
+    assert changed == {
+        "model.pretrained": False,
+        "data.sources": ["synthcc"],
+        "data.targets": ["synthcc"],
+        "runtime.checkpoint_period": 10,
+        "cc_data.synthcc_preset": "ltcc",
+    }
+
+
 def test_base_chains_resolve_relative_paths_and_refuse_loops(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "base.yaml").write_text("train:\n  lr: 0.5\n  max_epoch: 3\n")

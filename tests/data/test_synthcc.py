@@ -30,6 +30,7 @@ from csgn_plugin.data.synth import (
     synthcc_dir,
 )
 from csgn_plugin.data.synth import generator as generator_module
+from csgn_plugin.data.synth.generator import _statistics
 from csgn_plugin.data.synth.render import SUPERSAMPLE, Pose, paint_person
 from csgn_plugin.data.synth.world import ACCESSORIES, BAGS, HAIR_STYLES, sample_camera
 
@@ -164,6 +165,19 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny
     assert other != reference
 
 
+def test_parallel_rendering_writes_the_same_files(tmp_path, tiny):
+    generate_synthcc(str(tmp_path / "parallel"), "tiny", 0, workers=2)
+    files = {k: v for k, v in tree_digest(tiny).items() if k.endswith(".png")}
+    assert {k: v for k, v in tree_digest(tmp_path / "parallel").items() if k in files} == files
+
+
+def test_ltcc_preset_has_ltccs_proportions():
+    stats = _statistics(build_world(get_preset("ltcc"), 0))
+    assert stats["train"]["ids"] == 80 and 9300 <= stats["train"]["images"] <= 9700
+    assert 480 <= stats["query"]["images"] <= 510  # LTCC: 493 query, 7,050 gallery
+    assert 6900 <= stats["gallery"]["images"] <= 7300
+
+
 def test_a_leftover_temporary_folder_is_no_dataset_and_is_cleaned(tmp_path):
     parent = tmp_path / "synthcc"
     leftover = parent / ".tiny_seed0.tmp-999999" / "train"
@@ -243,7 +257,8 @@ def test_foreign_or_damaged_folders_are_refused(tmp_path):
 
 
 def test_bad_presets_seeds_and_specs_are_named():
-    with pytest.raises(ValueError, match="unknown SynthCC preset 'huge'.*default, hard, tiny"):
+    listed = "unknown SynthCC preset 'huge'.*default, hard, ltcc, tiny"
+    with pytest.raises(ValueError, match=listed):
         get_preset("huge")
     with pytest.raises(ValueError, match="synthcc_seed"):
         ensure_synthcc("/nonexistent", "tiny", -1)

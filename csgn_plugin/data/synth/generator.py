@@ -12,12 +12,14 @@ A tree is built in a hidden sibling folder and renamed into place when complete,
 file, so a killed generation never leaves a folder that looks like a dataset, and two processes
 asking at once generate it once. The same (preset, seed, generator version) gives byte-identical
 files: every image has its own random stream, PNGs are written with fixed settings and no
-metadata, and the manifest holds no time.
+metadata, and the manifest holds no time. Large trees (``PARALLEL_FROM`` images and more, such
+as the LTCC-size preset) are rendered by one process per CPU; the files are the same.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import operator
 import os
 import time
@@ -32,6 +34,8 @@ from .world import IMAGE, World, build_world, stream
 
 #: bump when a change to the generator changes any file; older trees are then regenerated
 GENERATOR_VERSION = 2
+#: trees of this many images and more render in parallel processes
+PARALLEL_FROM = 5000
 MANIFEST = "synthcc.json"
 SPLIT_DIRS = ("train", "query", "test")
 INFO_FILES = (
@@ -127,9 +131,33 @@ def _write_info(world: World, info_dir: str) -> None:
             f.writelines(f"{pid:03d}\n" for pid in sorted(pids))
 
 
-def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
+def _write_tracklets(dataset_dir: str, world: World, indices: range) -> int:
+    """Render and write the images of ``world.tracklets[indices]``; returns how many."""
+    written = 0
+    for t in world.tracklets[indices.start : indices.stop]:
+        identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
+        camera = world.cameras[t.camera]
+        for frame in t.frames:
+            rng = stream(world.seed, IMAGE, t.pid, t.outfit, t.camera, frame)
+            img = render_image(identity, outfit, camera, rng, world.spec.image_size)
+            folder = (
+                "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
+            )
+            path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
+            img.save(path, format="PNG", compress_level=6, optimize=False)
+            written += 1
+    return written
+
+
+def _write_task(task: tuple[str, World, range]) -> int:
+    return _write_tracklets(*task)
+
+
+def generate_synthcc(dataset_dir: str, preset: str, seed: int, workers: int | None = None) -> dict:
     """Write the tree of (preset, seed) into ``dataset_dir`` (absent or empty) and return its
-    statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`."""
+    statistics plus ``seconds``. Not atomic on its own: use :func:`ensure_synthcc`.
+    ``workers``: rendering processes (default: one per CPU for trees of ``PARALLEL_FROM``
+    images and more, else this process alone)."""
     spec = get_preset(preset)
     seed = check_seed(seed)
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
@@ -139,20 +167,22 @@ def generate_synthcc(dataset_dir: str, preset: str, seed: int) -> dict:
     for name in (*SPLIT_DIRS, "info"):
         os.makedirs(os.path.join(dataset_dir, name), exist_ok=True)
     images = sum(len(t.frames) for t in world.tracklets)
-    progress = Progress(images, f"SynthCC '{preset}'", "img")
-    for t in world.tracklets:
-        identity, outfit = world.identities[t.pid], world.outfits[(t.pid, t.outfit)]
-        camera = world.cameras[t.camera]
-        for frame in t.frames:
-            rng = stream(seed, IMAGE, t.pid, t.outfit, t.camera, frame)
-            img = render_image(identity, outfit, camera, rng, spec.image_size)
-            folder = (
-                "train" if t.split == "train" else ("query" if frame == t.query_frame else "test")
-            )
-            path = os.path.join(dataset_dir, folder, image_name(t.pid, t.outfit, t.camera, frame))
-            img.save(path, format="PNG", compress_level=6, optimize=False)
-            progress.update()
-    progress.close()
+    if workers is None:
+        workers = (os.cpu_count() or 1) if images >= PARALLEL_FROM else 1
+    step = 16  # tracklets per task
+    chunks = [
+        range(i, min(i + step, len(world.tracklets))) for i in range(0, len(world.tracklets), step)
+    ]
+    with Progress(images, f"SynthCC '{preset}'", "img") as progress:
+        if workers <= 1:
+            for chunk in chunks:
+                progress.update(_write_tracklets(dataset_dir, world, chunk))
+        else:
+            # fork: the world is shared as it is; children render and write files only
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                tasks = [(dataset_dir, world, chunk) for chunk in chunks]
+                for written in pool.imap_unordered(_write_task, tasks):
+                    progress.update(written)
     _write_info(world, os.path.join(dataset_dir, "info"))
     stats = _statistics(world)
     manifest = {

@@ -97,6 +97,24 @@ PRESETS["default"] = SynthSpec(
 PRESETS["hard"] = replace(PRESETS["default"], shared_outfit_fraction=0.9, shared_outfit_pool=17)
 
 
+# LTCC's size at the real configs' input: 80 train ids, 9,457 train images; 64 test ids, 492
+# query and 7,156 gallery images (LTCC: 77 ids and 9,576 images; 493 and 7,050), 12 cameras,
+# 256x128. For timing the real-size schedule (projects/CSGN/configs/synthcc_ltcc_size.yaml);
+# rendered by one process per CPU
+PRESETS["ltcc"] = SynthSpec(
+    num_train_ids=80,
+    num_test_ids=64,
+    num_cameras=12,
+    outfits_per_id=(2, 5),
+    same_clothes_fraction=0.4,
+    cameras_per_outfit=(2, 4),
+    images_per_camera=(12, 19),
+    image_size=(256, 128),
+    shared_outfit_fraction=0.25,
+    shared_outfit_pool=26,
+)
+
+
 def get_preset(preset: str) -> SynthSpec:
     """The spec of a named preset, or one clear error listing the names."""
     if preset not in PRESETS:

@@ -1,15 +1,18 @@
 """Feature-extraction throughput of evaluation: the plugin's own ``Evaluator.extract`` (the code
-every evaluation runs: runtime autocast, channels-last if set, sharded loader, progress, gathered
-tensors) over a gallery of N images, decoded and preprocessed by DataLoader workers as in
-evaluation.
+every evaluation runs: runtime autocast, channels-last as training resolves it, sharded loader,
+progress, gathered tensors) over a gallery of N images.
 
 The gallery is N JPEG files held in memory (one encoded image per identity-camera draw, 128x64
 noise with a per-identity colour, so decoding costs what a real JPEG costs), resized to the
-model's input with the evaluation transform. The model has random weights (real size by
-default). The first ``--warmup`` batches are timed apart (worker start-up, autotuning).
+model's input with the evaluation transform. By default (``--cache``) the images are decoded
+once (``data/image_cache.py``: DataLoader workers, uint8 on the device; the decoding is timed
+apart) and every extraction pass reads them from there, as a training run's evaluations do;
+``--no-cache`` decodes in the workers during the pass. ``--graphs`` (CUDA) replays the model's
+forward from a CUDA graph (``GraphedModule``). The model has random weights (real size by
+default). The first ``--warmup`` batches are timed apart (worker start-up, autotuning, capture).
 
     python projects/CSGN/benchmarks/bench_extract.py --device cuda --images 20000 \
-        --batch 512 --workers 12 --out projects/CSGN/results
+        --batch 512 --workers 12 --graphs --out projects/CSGN/results
 """
 
 import argparse
@@ -27,8 +30,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from csgn_plugin import builders  # noqa: E402
+from csgn_plugin import builders, checks  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
+from csgn_plugin.data.batch_augment import batch_augmentation  # noqa: E402
+from csgn_plugin.data.image_cache import CachedEvalLoader, timed_decode  # noqa: E402
 from csgn_plugin.evaluation.evaluator import Evaluator  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 from csgn_plugin.inference import test_transform  # noqa: E402
@@ -66,13 +71,15 @@ def main():
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3, help="batches timed apart")
     p.add_argument("--amp", default="auto")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--graphs", action="store_true", help="the forward from a CUDA graph")
     p.add_argument("--tiny", action="store_true", help="tiny towers at 128x64 (CPU smoke run)")
     p.add_argument("--tag", default="")
     p.add_argument("--out", default="projects/CSGN/results")
     args = p.parse_args()
     opts = ["model.name", args.model, "runtime.device", args.device, "runtime.amp", args.amp]
-    opts += ["runtime.channels_last", str(args.channels_last), "test.batch_size", str(args.batch)]
+    opts += ["runtime.channels_last", args.channels_last, "test.batch_size", str(args.batch)]
     if args.tiny:
         opts += ["clip.vit_arch", "csgn-tiny-vit", "clip.resnet_arch", "csgn-tiny-rn"]
         opts += ["data.height", "128", "data.width", "64"]
@@ -82,20 +89,35 @@ def main():
         torch.backends.cudnn.benchmark = True
     runtime = builders.build_runtime(cfg, use_gpu)
     model = builders.build_clip_model(cfg, num_classes=100).to(runtime.device).eval()
-    if args.channels_last:
+    runtime.channels_last = checks.resolve_channels_last(cfg, model, use_gpu)
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dataset = JpegGallery(args.images, test_transform(builders.model_input(cfg)))
-    loader = DataLoader(
-        dataset,
-        batch_size=args.batch,
-        num_workers=args.workers,
-        pin_memory=use_gpu,
-        persistent_workers=args.workers > 0,
-        prefetch_factor=4 if args.workers > 0 else None,
-    )
+    if args.graphs and use_gpu:
+        runtime.graphs = True
+        model = runtime.graphed(model, "eval")
+    transform = test_transform(builders.model_input(cfg))
+    dataset = JpegGallery(args.images, transform)
+    decode_s = None
+    if args.cache:
+        normalise = batch_augmentation(transform)
+        size = (cfg.data.height, cfg.data.width)
+        decoded, decode_s = timed_decode(
+            dataset, size, [normalise.interpolation], runtime.device, False, args.workers, "gallery"
+        )
+        loader = CachedEvalLoader(decoded, args.batch, normalise, runtime.device)
+        warm_loader = loader.subset(range(min(len(dataset), args.warmup * args.batch)))
+    else:
+        loader = DataLoader(
+            dataset,
+            batch_size=args.batch,
+            num_workers=args.workers,
+            pin_memory=use_gpu,
+            persistent_workers=args.workers > 0,
+            prefetch_factor=4 if args.workers > 0 else None,
+        )
+        warm = torch.utils.data.Subset(dataset, range(min(len(dataset), args.warmup * args.batch)))
+        warm_loader = DataLoader(warm, batch_size=args.batch, num_workers=0)
     evaluator = Evaluator(runtime, None, builders.evaluation_options(cfg))
-    warm = torch.utils.data.Subset(dataset, range(min(len(dataset), args.warmup * args.batch)))
-    warm_loader = DataLoader(warm, batch_size=args.batch, num_workers=0)
     start = time.perf_counter()
     evaluator.extract(model, warm_loader, "warm-up")
     warmup_s = time.perf_counter() - start
@@ -117,6 +139,13 @@ def main():
         "feature_dim": int(features.shape[1]),
         "batch": args.batch,
         "workers": args.workers,
+        "channels_last": runtime.channels_last,
+        "cache": args.cache,
+        "graphs": runtime.graphs,
+        # a failed capture falls back to the eager pass (with a warning): was it a graph
+        "graph_captured": "eval_graph_capture" in runtime.throughput.phases,
+        "decode_s": decode_s,
+        "decode_img_per_s": len(dataset) / decode_s if decode_s else None,
         "warmup_s": warmup_s,
         "seconds": seconds,
         "img_per_s": len(dataset) / seconds,

@@ -1,50 +1,66 @@
 #!/usr/bin/env bash
-# One prepared GPU session for issue #15 (throughput of the whole pipeline), in order of
-# importance, each step bounded by its own time limit so that a failure or a slow step leaves
-# the others' results:
-#   1. bench_train: eager stage-2 step of the three CLIP models on random tensors AND fed by the
-#      SynthCC pipeline in the same run (loader-fed steady state vs the bare step), stage 1 at
-#      batch 64 and at 512 (one text pass per distinct identity), a profile of 3 eager steps;
-#   2. compiled stage 2 (torch.compile) and CUDA graphs (mode 'reduce-overhead') for
-#      clipreid_vitb16 and csgn;
-#   3. bench_extract: evaluation feature extraction of csgn over a 20,000-image gallery, bf16,
-#      batch 512, 12 loader workers;
-#   4. channels_last for the RN50 tower (clipreid_rn50, csgn);
-#   5. real-size CSGN trained on SynthCC through tools/train.py: every phase's throughput, the
-#      warm-up window apart from steady state, the epoch-to-epoch flow;
-#   6. the CUDA-only tests.
+# One prepared GPU session for issue #21 (the whole LTCC recipe at the GPU's speed), in order of
+# importance, each step bounded by its own time limit and all of them by BUDGET_S, so that a
+# failure or a slow step leaves the others' results:
+#   1. bench_train: clipreid_vitb16 and csgn at batch 64, 256x128, bf16: stage 1 eager and with
+#      CUDA graphs (identity slots, text cut at the end-of-text token); stage 2 eager and graphed
+#      on random input; the graphed step fed by SynthCC with images decoded once on the GPU and
+#      augmented there (loader-fed steady state against the bare graphed step, same run); the
+#      stage-1 feature pass from the decoded images; a profile of 3 eager steps;
+#   2. bench_extract: evaluation extraction of csgn over 20,000 in-memory JPEGs decoded once onto
+#      the GPU, bf16, batch 512, forward from a CUDA graph (decoding timed apart);
+#   3. ltcc_size: configs/csgn_ltcc.yaml's recipe on the LTCC-size SynthCC preset through
+#      tools/train.py with the defaults' fast path (data.cache, runtime.compile and
+#      runtime.channels_last 'auto'): every phase timed in throughput.json. By default a
+#      shortened schedule (LTCC_EPOCHS="20 4": prompt epochs, stage-2 epochs; evaluation at the
+#      end); FULL=1 runs the whole schedule (120 + 60 epochs, evaluation every 10), which needs
+#      a session of its own;
+#   4. tests_cuda: the CUDA-graph and decoded-image tests (tests/end_to_end/test_cuda.py);
+#   5. csgn_compiled: csgn's stage-2 step under torch.compile mode 'reduce-overhead' (compile
+#      time apart), against the graphed step of step 1.
 #
 #   bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
-#   STEPS="bench_extract channels_last" bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
+#   STEPS="bench_extract ltcc_size" bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
+#   FULL=1 STEPS=ltcc_size BUDGET_S=840 bash projects/CSGN/benchmarks/gpu_session.sh OUT_DIR
 #
-# Results land in OUT_DIR (logs, JSON, markdown). STEPS (names below) runs only those steps.
-# Without a GPU, SMOKE=1 runs the same steps with tiny towers and tiny sizes on the CPU (to check
-# the script before device time is spent on it).
+# Everything lands in OUT_DIR (logs, JSON, markdown, session.log with each step's exit code and
+# seconds). STEPS (names above) runs only those steps. Without a GPU, SMOKE=1 runs the same
+# steps with tiny towers and tiny sizes on the CPU (to check the script before device time is
+# spent on it: about 3 minutes on a 2-core CPU).
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
-budget=${BUDGET_S:-540}  # seconds for the whole session
+budget=${BUDGET_S:-480}  # seconds for the whole session
+data_root=${DATA_ROOT:-/tmp/csgn_session_data}  # generated SynthCC trees
 started=$SECONDS
+read -r stage1_epochs stage2_epochs <<<"${LTCC_EPOCHS:-20 4}"
 
 device=cuda
-train_extra=()
-bench_extra=(--steps 30 --workers 8 --profile 3)
-stage1_big=(--stage1-batch 512 --steps 20 --models clipreid_vitb16 csgn)
-extract_extra=(--images 20000 --batch 512 --workers 12)
-tests=(tests/end_to_end/test_cuda.py tests/evaluation/test_ranking.py)
+bench=(--steps 30 --workers 8 --profile 3 --graphs --models clipreid_vitb16 csgn)
+extract=(--images 20000 --batch 512 --workers 12 --graphs)
+ltcc=(data.workers 16)
+tests=(tests/end_to_end/test_cuda.py -k "graphed or graphs")
+compiled=(--compile reduce-overhead --models csgn --steps 20)
 if [ "${SMOKE:-0}" = 1 ]; then
   device=cpu
-  train_extra=(runtime.device cpu clip.vit_arch csgn-tiny-vit clip.resnet_arch csgn-tiny-rn
-    data.height 128 data.width 64 cc_data.synthcc_preset tiny data.workers 0
-    stage1.max_epoch 1 train.max_epoch 2 train.batch_size 16 stage1.batch_size 16)
-  bench_extra=(--tiny --steps 2 --batch 16 --height 128 --width 64 --workers 0 --profile 1
-    --models csgn --preset tiny)
-  stage1_big=(--tiny --stage1-batch 64 --steps 2 --batch 16 --height 128 --width 64
-    --models csgn)
-  extract_extra=(--tiny --images 64 --batch 32 --workers 0 --warmup 1)
+  tiny=(--tiny --batch 16 --height 128 --width 64 --models csgn)
+  bench=(--steps 2 --workers 0 --profile 1 --preset tiny --cache on --graphs "${tiny[@]}")
+  extract=(--tiny --images 64 --batch 32 --workers 0 --warmup 1 --graphs)
+  ltcc=(runtime.device cpu clip.vit_arch csgn-tiny-vit clip.resnet_arch csgn-tiny-rn
+    data.height 128 data.width 64 cc_data.synthcc_preset tiny data.workers 0 data.cache on
+    train.batch_size 16 stage1.batch_size 16 test.batch_size 64)
+  stage1_epochs=1 stage2_epochs=1
   tests=(tests/end_to_end/test_cuda.py)
+  compiled=(--steps 1 "${tiny[@]}")
 fi
+schedule=(stage1.max_epoch "$stage1_epochs" train.max_epoch "$stage2_epochs")
+if [ "${FULL:-0}" = 1 ]; then
+  schedule=()
+fi
+
+log() { echo "$*" | tee -a "$out/session.log"; }
 
 # step NAME LIMIT_S COMMAND...: run with a time limit, output into OUT_DIR/NAME.log
 step() {
@@ -55,51 +71,39 @@ step() {
   fi
   local left=$((budget - (SECONDS - started)))
   if [ "$left" -lt 20 ]; then
-    echo "=== $name: skipped, ${left}s left of the session budget"
+    log "=== $name: skipped, ${left}s left of the session budget"
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
-  echo "=== $name (limit ${limit}s) at $((SECONDS - started))s"
+  log "=== $name (limit ${limit}s) at $((SECONDS - started))s"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "=== $name: exit $? after $((SECONDS - t0))s"
-  tail -n 8 "$out/$name.log"
+  log "=== $name: exit $? after $((SECONDS - t0))s"
+  tail -n 6 "$out/$name.log"
 }
 
 if [ "$device" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 fi
-python -c "import torch, torchreid, open_clip; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/versions.txt"
+git rev-parse HEAD >>"$out/versions.txt" 2>/dev/null
 
-step bench_train 180 python projects/CSGN/benchmarks/bench_train.py --device "$device" \
-  --data configs/csgn_synthcc.yaml --out "$out" "${bench_extra[@]}"
+step bench_train 150 python projects/CSGN/benchmarks/bench_train.py --device "$device" \
+  --data configs/csgn_synthcc.yaml --data-root "$data_root" --out "$out" "${bench[@]}"
 
-step stage1_batch512 60 python projects/CSGN/benchmarks/bench_train.py --device "$device" \
-  --tag _stage1_512 --out "$out" "${stage1_big[@]}"
+step bench_extract 75 python projects/CSGN/benchmarks/bench_extract.py --device "$device" \
+  --out "$out" "${extract[@]}"
 
-if [ "$device" = cuda ]; then
-  step bench_train_compile 150 python projects/CSGN/benchmarks/bench_train.py --device cuda \
-    --compile --models clipreid_vitb16 csgn --steps 30 --tag _compile --out "$out"
-  step cudagraphs 150 python projects/CSGN/benchmarks/bench_train.py --device cuda --compile \
-    --compile-mode reduce-overhead --models clipreid_vitb16 csgn --steps 30 --tag _cudagraphs \
-    --out "$out"
-fi
+save="$out/ltcc_size_run"
+step ltcc_size 180 python tools/train.py \
+  --config-file projects/CSGN/configs/synthcc_ltcc_size.yaml \
+  data.root "$data_root" data.save_dir "$save" "${schedule[@]}" \
+  "${ltcc[@]}"
+rm -rf "$save/checkpoints"  # gigabytes of random weights
 
-step bench_extract 90 python projects/CSGN/benchmarks/bench_extract.py --device "$device" \
-  --out "$out" "${extract_extra[@]}"
+step tests_cuda 75 python -m pytest -q -p no:cacheprovider "${tests[@]}"
 
-if [ "$device" = cuda ]; then
-  step channels_last 90 python projects/CSGN/benchmarks/bench_train.py --device cuda \
-    --channels-last --models clipreid_rn50 csgn --steps 30 --tag _channels_last --out "$out"
-fi
+step csgn_compiled 150 python projects/CSGN/benchmarks/bench_train.py --device "$device" \
+  --tag _compiled --out "$out" "${compiled[@]}"
 
-save=/tmp/csgn_realsize
-step train_realsize 150 python tools/train.py \
-  --config-file projects/CSGN/configs/synthcc_realsize.yaml \
-  data.save_dir "$save" runtime.checkpoint_period 0 "${train_extra[@]}"
-cp "$save"/train.log-* "$out/train_realsize_log.txt" 2>/dev/null
-cp "$save/throughput.json" "$out/train_realsize_throughput.json" 2>/dev/null
-
-step tests_cuda 120 python -m pytest -q -p no:cacheprovider "${tests[@]}"
-
-echo "=== session done in $((SECONDS - started))s"
+log "=== session done in $((SECONDS - started))s"
