@@ -32,8 +32,14 @@ from .engine.schedules import EpochSchedule, PromptSchedule, build_epoch_schedul
 from .engine.stages import PromptStage, PromptStageOptions, Stage, stages_for
 from .errors import UserError, WeightsDownloadError
 from .evaluation.evaluator import EvaluationOptions, Evaluator
-from .losses.objective import CLIPReIDObjective, Objective, TorchreidObjective, recipe_of
-from .modeling import CSGN, MODEL_PRESETS, CSGNConfig
+from .losses.objective import (
+    CALObjective,
+    CLIPReIDObjective,
+    Objective,
+    TorchreidObjective,
+    recipe_of,
+)
+from .modeling import CAL_MODELS, CSGN, MODEL_PRESETS, CALModel, CSGNConfig, NormalizedClassifier
 from .modeling.spec import ModelSpec, input_spec, model_spec_for
 from .pretraining import ensure_synthclip_towers
 from .runtime import Runtime
@@ -180,6 +186,42 @@ def clip_model_factory(name: str) -> Callable[..., CSGN]:
 CLIP_MODEL_FACTORIES = {name: clip_model_factory(name) for name in MODEL_PRESETS}
 
 
+def cal_identity_classifier(cfg: CfgNode) -> str:
+    """The identity classifier ``loss.cal.id_loss`` trains: 'normalized' for 'cosface' (cosines),
+    'linear' for 'cross_entropy' (Simple-CCReID's ``models/__init__.py``)."""
+    return "normalized" if cfg.loss.cal.id_loss == "cosface" else "linear"
+
+
+def cal_model_factory(name: str) -> Callable[..., CALModel]:
+    """torchreid's factory function of a registered CAL model name."""
+
+    def factory(
+        num_classes: int,
+        loss: str = "softmax",
+        pretrained: bool = True,
+        use_gpu: bool = True,
+        **overrides: Any,
+    ) -> CALModel:
+        # loss and use_gpu are torchreid's factory arguments: CAL's losses are the objective's
+        unknown = sorted(set(overrides) - {"identity_classifier"})
+        if unknown:
+            raise TypeError(f"unknown model options {unknown}; known: ['identity_classifier']")
+        classifier = overrides.get(
+            "identity_classifier", cal_identity_classifier(get_default_config())
+        )
+        return CALModel(name, num_classes, classifier, pretrained)
+
+    factory.__name__ = name
+    factory.__doc__ = (
+        f"torchreid factory of '{name}': CAL's model (Simple-CCReID); pretrained=True loads "
+        "ImageNet weights (network); identity_classifier 'linear' (default) or 'normalized'."
+    )
+    return factory
+
+
+CAL_MODEL_FACTORIES = {name: cal_model_factory(name) for name in CAL_MODELS}
+
+
 # clip.vit_weights / clip.resnet_weights value: the CLIP pretrained here on the SynthCC world
 SYNTHCLIP = "synthclip"
 
@@ -265,6 +307,12 @@ def describe_pretrained(cfg: CfgNode) -> str:
             "weights (downloaded on first use into torchreid's cache; set model.pretrained False "
             "for random weights)"
         )
+    if name in CAL_MODELS and cfg.model.pretrained:
+        return (
+            f"=> model.pretrained True: CAL's '{name}' starts from its backbone's ImageNet weights "
+            "(downloaded on first use into torchvision's or torchreid's cache; set "
+            "model.pretrained False for random weights)"
+        )
     return f"=> model.pretrained {cfg.model.pretrained}: '{name}' as its factory builds it"
 
 
@@ -286,9 +334,9 @@ def _download(what: str, instead: str) -> Iterator[None]:
 
 def resolve_weights(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     """Every pretrained weight the model will read, made local before any data is read:
-    SynthCLIP towers pretrained into ``data.root`` (cached), open_clip tags and torchreid's
-    ImageNet weights downloaded into their caches. Returns the config (SynthCLIP resolved to its
-    files) and what was done, as log lines; a failed download raises
+    SynthCLIP towers pretrained into ``data.root`` (cached), open_clip tags, torchreid's and the
+    CAL backbones' ImageNet weights downloaded into their caches. Returns the config (SynthCLIP
+    resolved to its files) and what was done, as log lines; a failed download raises
     :class:`~csgn_plugin.errors.WeightsDownloadError` naming the key that avoids it."""
     cfg, resolved = resolve_synthclip(cfg)
     lines = [f"=> {key}: SynthCLIP weights '{path}'" for key, path in resolved.items()]
@@ -308,6 +356,11 @@ def resolve_weights(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
                 name=cfg.model.name, num_classes=1, loss=cfg.loss.name, pretrained=True
             )
         lines.append(f"=> {what}: in torchreid's cache")
+    if cfg.model.pretrained and cfg.model.name in CAL_MODELS:
+        what = f"the ImageNet weights of the backbone of '{cfg.model.name}' (model.pretrained True)"
+        with _download(what, "model.pretrained False to start from random weights"):
+            CALModel(cfg.model.name, 1, "linear", pretrained=True)  # a throwaway build caches them
+        lines.append(f"=> {what}: in the cache")
     return cfg, lines
 
 
@@ -351,6 +404,13 @@ def build_model(cfg: CfgNode, datamanager: Any, use_gpu: bool) -> nn.Module:
             ) from exc
         model.set_stage(2)  # the optimizer built next holds the stage-2 parameters
         return model
+    if cfg.model.name in CAL_MODELS:
+        return CALModel(
+            cfg.model.name,
+            datamanager.num_train_pids,
+            cal_identity_classifier(cfg),
+            cfg.model.pretrained,
+        )
     factory = model_factory()
     if cfg.model.name not in factory:
         raise ConfigError(
@@ -480,6 +540,21 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, use_gpu: bool) -> torch.opti
     groups = param_groups(cfg, model)
     if not groups:
         raise ValueError(f"model '{cfg.model.name}' has no trainable parameter")
+    return _optimizer(cfg, groups, use_gpu)
+
+
+def build_auxiliary_optimizers(
+    cfg: CfgNode, objective: Objective, use_gpu: bool
+) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per auxiliary loss of the objective, of the model optimizer's kind, lr and
+    weight decay (Simple-CCReID's clothes optimizer, ``main.py``), one group, no scheduler."""
+    return {
+        name: _optimizer(cfg, [{"params": params, "lr": cfg.train.lr}], use_gpu)
+        for name, params in objective.auxiliary_parameters().items()
+    }
+
+
+def _optimizer(cfg: CfgNode, groups: list[dict], use_gpu: bool) -> torch.optim.Optimizer:
     name, wd = cfg.train.optim, cfg.train.weight_decay
     fused = {"fused": True} if use_gpu else {}
     betas = (cfg.adam.beta1, cfg.adam.beta2)
@@ -590,9 +665,11 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
     return build_epoch_scheduler(optimizer, epoch_schedule(cfg))
 
 
-def build_objective(cfg: CfgNode, model: nn.Module) -> Objective:
-    """The loss recipe the model asks for, with the configured values."""
-    recipe = recipe_of(unwrap_model(model))
+def build_objective(cfg: CfgNode, model: nn.Module, datamanager: Any) -> Objective:
+    """The loss recipe the model asks for, with the configured values (CAL's also with the
+    training split's outfits of every identity)."""
+    net = unwrap_model(model)
+    recipe = recipe_of(net)
     if recipe == "clip_reid":
         return CLIPReIDObjective(
             id_weight=cfg.loss.clip.id_weight,
@@ -600,6 +677,22 @@ def build_objective(cfg: CfgNode, model: nn.Module) -> Objective:
             label_smoothing=label_smoothing(cfg),
             margin=cfg.loss.triplet.margin,
             hsf_weights={"rgb": cfg.loss.hsf.rgb_weight, "gray": cfg.loss.hsf.gray_weight},
+        )
+    if recipe == "cal":
+        outfits = datamanager.identity_outfits()
+        c = cfg.loss.cal
+        return CALObjective(
+            clothes_classifier=NormalizedClassifier(net.feature_dim, outfits.shape[1]),
+            positive_outfits=outfits,
+            id_loss=c.id_loss,
+            label_smoothing=label_smoothing(cfg),
+            scale=c.scale,
+            id_margin=c.id_margin,
+            pair_weight=c.pair_weight,
+            pair_margin=c.pair_margin,
+            epsilon=c.epsilon,
+            start_epoch_cc=c.start_epoch_cc,
+            start_epoch_adv=c.start_epoch_adv,
         )
     return TorchreidObjective(
         name=cfg.loss.name,
@@ -673,7 +766,8 @@ def build_engine(
     """The engine and what it receives; ``spec`` (:func:`model_spec`) goes into every
     checkpoint; ``evaluated`` (evaluation only) says which model is evaluated
     (:class:`~csgn_plugin.evaluation.evaluator.Evaluator`)."""
-    objective = build_objective(cfg, model)
+    objective = build_objective(cfg, model, datamanager).to(runtime.device)
+    use_gpu = runtime.device.type == "cuda"
     for _, images, seconds in getattr(datamanager, "cache_timings", ()):
         runtime.throughput.count("data_decode_img", images, seconds)
     return CCEngine(
@@ -688,6 +782,7 @@ def build_engine(
         stages=build_stages(cfg, model, objective),
         model_spec=spec,
         config_dump=cfg.dump(),
+        auxiliary_optimizers=build_auxiliary_optimizers(cfg, objective, use_gpu),
     )
 
 

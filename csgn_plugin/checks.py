@@ -30,10 +30,12 @@ from .engine.schedules import SCHEDULERS, STEP_AT
 from .evaluation import MODES
 from .evaluation.distance import METRICS
 from .evaluation.evaluator import call_model
-from .modeling import MODEL_PRESETS
+from .losses.objective import CAL_ID_LOSSES
+from .modeling import CAL_MODELS, MODEL_PRESETS
 from .runtime import CPU_KERNELS
 
 __all__ = [
+    "CAL_SECTIONS",
     "CLIP_SECTIONS",
     "OPTIMIZERS",
     "UNSUPPORTED_KEYS",
@@ -77,6 +79,8 @@ MIN_GRAPHED_STEPS = 50
 OPTIMIZERS = ("adam", "amsgrad", "adamw", "sgd", "rmsprop")
 # sections that only the plugin's CLIP models (csgn, clipreid_*) read
 CLIP_SECTIONS = ("clip", "csgn", "stage1", "loss.clip", "loss.hsf")
+# ... and that only the CAL models (cal_*) read
+CAL_SECTIONS = ("loss.cal",)
 
 
 def _get(cfg: CfgNode, dotted: str) -> Any:
@@ -163,6 +167,27 @@ def resolve_compile(cfg: CfgNode, use_gpu: bool, world_size: int, steps: int) ->
 def is_clip_model(name: str) -> bool:
     """Whether ``model.name`` is one of the plugin's CLIP models (they read ``CLIP_SECTIONS``)."""
     return name in MODEL_PRESETS
+
+
+def is_cal_model(name: str) -> bool:
+    """Whether ``model.name`` is a CAL model (they read ``CAL_SECTIONS``)."""
+    return name in CAL_MODELS
+
+
+def _check_cal(cfg: CfgNode) -> None:
+    c = cfg.loss.cal
+    _choice("loss.cal.id_loss", c.id_loss, CAL_ID_LOSSES)
+    if c.id_loss == "cosface" and cfg.loss.softmax.label_smooth:
+        raise ConfigError(
+            "loss.cal.id_loss 'cosface' has no label smoothing (Simple-CCReID's CosFaceLoss): set "
+            "loss.softmax.label_smooth False"
+        )
+    keys = ("id_margin", "pair_weight", "pair_margin", "start_epoch_cc", "start_epoch_adv")
+    _at_least_each(cfg, {f"loss.cal.{key}": 0 for key in keys})
+    if isinstance(c.scale, bool) or not isinstance(c.scale, (int, float)) or c.scale <= 0:
+        raise ConfigError(f"loss.cal.scale must be a number > 0, got {c.scale!r}")
+    if isinstance(c.epsilon, bool) or not 0 <= c.epsilon <= 1:
+        raise ConfigError(f"loss.cal.epsilon must be in [0, 1], got {c.epsilon!r}")
 
 
 def _check_unsupported(cfg: CfgNode) -> None:
@@ -306,12 +331,18 @@ def _check_training(cfg: CfgNode, world_size: int) -> None:
         )
     if cfg.train.lr_scheduler in ("single_step", "multi_step") and not cfg.train.stepsize:
         raise ConfigError(f"train.lr_scheduler '{cfg.train.lr_scheduler}' needs train.stepsize")
-    uses_triplet = cfg.loss.name == "triplet" or is_clip_model(cfg.model.name)
-    if uses_triplet and cfg.sampler.train_sampler not in IDENTITY_SAMPLERS:
+    if is_cal_model(cfg.model.name):
+        _check_cal(cfg)
+        triplet = ("loss.cal.pair_weight", cfg.loss.cal.pair_weight > 0)
+    elif is_clip_model(cfg.model.name):
+        triplet = ("loss.clip.triplet_weight", True)
+    else:
+        triplet = (f"loss.name '{cfg.loss.name}'", cfg.loss.name == "triplet")
+    if triplet[1] and cfg.sampler.train_sampler not in IDENTITY_SAMPLERS:
         raise ConfigError(
-            f"a triplet loss (loss.name '{cfg.loss.name}', model '{cfg.model.name}') needs "
-            f"positives in every batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} "
-            f"(got '{cfg.sampler.train_sampler}')"
+            f"a triplet loss ({triplet[0]}, model '{cfg.model.name}') needs positives in every "
+            f"batch: set sampler.train_sampler to one of {IDENTITY_SAMPLERS} (got "
+            f"'{cfg.sampler.train_sampler}')"
         )
     batch, k = cfg.train.batch_size, cfg.sampler.num_instances
     if batch % world_size:
@@ -332,11 +363,17 @@ def describe_model_choice(cfg: CfgNode) -> str:
     if is_clip_model(cfg.model.name):
         return (
             f"=> Model '{cfg.model.name}' (CLIP): loss.clip, loss.hsf, loss.triplet.margin and "
-            "loss.softmax.label_smooth apply; loss.name, loss.triplet.weight_x/weight_t are "
-            "torchreid's and do not apply"
+            "loss.softmax.label_smooth apply; loss.name, loss.triplet.weight_x/weight_t and "
+            "loss.cal do not apply"
+        )
+    if is_cal_model(cfg.model.name):
+        return (
+            f"=> Model '{cfg.model.name}' (CAL): loss.cal and loss.softmax.label_smooth apply; "
+            f"loss.name, loss.triplet and the sections {', '.join(CLIP_SECTIONS)} do not apply"
         )
     defaults = get_default_config()
-    changed = [s for s in CLIP_SECTIONS if _get(cfg, s) != _get(defaults, s)]
+    sections = CLIP_SECTIONS + CAL_SECTIONS
+    changed = [s for s in sections if _get(cfg, s) != _get(defaults, s)]
     note = f" (values set in {', '.join(changed)} are ignored)" if changed else ""
     smooth = 0.1 if cfg.loss.softmax.label_smooth else 0.0
     loss = f"cross-entropy (label smoothing {smooth})"
@@ -347,16 +384,22 @@ def describe_model_choice(cfg: CfgNode) -> str:
         )
     return (
         f"=> Model '{cfg.model.name}' is a torchreid model: loss '{cfg.loss.name}' = {loss}; "
-        f"the sections {', '.join(CLIP_SECTIONS)} do not apply{note}"
+        f"the sections {', '.join(sections)} do not apply{note}"
     )
 
 
 def check_data(cfg: CfgNode, datamanager: Any) -> None:
     """Refuse a training set the sampler cannot fill one batch from (an epoch would be empty).
 
-    Identity samplers refuse a batch that needs more identities than the training set holds
-    when they are built; fewer images of an id than ``sampler.num_instances`` is fine (they
-    repeat)."""
+    CAL models need clothes ids in the training data (their objective's positive outfits, even
+    to evaluate). Identity samplers refuse a batch that needs more identities than the training
+    set holds when they are built; fewer images of an id than ``sampler.num_instances`` is fine
+    (they repeat)."""
+    if is_cal_model(cfg.model.name) and datamanager.num_train_clothes < 1:
+        raise ConfigError(
+            f"model '{cfg.model.name}' (CAL) needs clothes ids in its training data: "
+            f"data.sources {list(cfg.data.sources)} has none (use a clothes-changing dataset)"
+        )
     if cfg.test.evaluate:
         return
     sampler = datamanager.train_sampler

@@ -34,7 +34,7 @@ def register() -> None:
     global _DONE
     if _DONE:
         return
-    from .builders import CLIP_MODEL_FACTORIES
+    from .builders import CAL_MODEL_FACTORIES, CLIP_MODEL_FACTORIES
     from .data.datasets import IMAGE_DATASETS, VIDEO_DATASETS
 
     allow_numpy_in_checkpoints()  # torchreid's own checkpoints reload under torch >= 2.6
@@ -46,7 +46,7 @@ def register() -> None:
         if _check_free(_dataset_registry("video"), name, cls, "video dataset"):
             tr.data.register_video_dataset(name, cls)
     factory = model_factory()
-    for name, fn in CLIP_MODEL_FACTORIES.items():
+    for name, fn in {**CLIP_MODEL_FACTORIES, **CAL_MODEL_FACTORIES}.items():
         if _check_free(factory, name, fn, "model"):
             factory[name] = fn
     _DONE = True

@@ -6,8 +6,9 @@
 * the device, mixed precision (``bf16``, ``fp16`` with a gradient scaler, ``off``),
   ``channels_last`` and CUDA graphs (``graphs``: the static-shape passes replayed from graphs,
   ``graphs.py``);
-* DDP: this rank's contiguous shard of an in-order loader, and gathers of *tensors* (padded to
-  the largest shard and all-gathered, never pickled: a LaST-size gallery is 1.7 GB as objects);
+* DDP: this rank's contiguous shard of an in-order loader, gathers of *tensors* (padded to
+  the largest shard and all-gathered, never pickled: a LaST-size gallery is 1.7 GB as objects),
+  and the mean over ranks of gradients the DDP wrapper does not see (an objective's parameters);
 * out-of-memory errors re-raised with the batch size and what to change, non-finite losses
   reported with the step and the loss terms;
 * the throughput of each phase (``throughput.json``) and the images that could not be read
@@ -24,7 +25,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -212,22 +213,31 @@ class Runtime:
         """fp16's gradient scaler (None for bf16 and fp32, which need none)."""
         return torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
 
-    @staticmethod
     def backward_and_step(
+        self,
         loss: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         scaler: Optional[torch.amp.GradScaler],
+        average_over_ranks: bool = False,
+        update_scaler: bool = True,
     ) -> None:
         """``loss.backward()`` then ``optimizer.step()``; through ``scaler`` when there is one
         (fp16: the loss is scaled before the backward pass, the gradients unscaled before the
-        step, and a step whose gradients overflowed is skipped while the scale shrinks)."""
+        step, and a step whose gradients overflowed is skipped while the scale shrinks).
+
+        ``average_over_ranks``: the gradients of the optimizer's parameters are first averaged
+        over the ranks (parameters outside the DDP-wrapped model). ``update_scaler`` False: a step
+        with several optimizers updates the scaler once, after its last optimizer (PyTorch's
+        recipe for several losses and optimizers)."""
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if average_over_ranks:
+            self.average_gradients(p for group in optimizer.param_groups for p in group["params"])
         if scaler is None:
-            loss.backward()
             optimizer.step()
             return
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
-        scaler.update()
+        if update_scaler:
+            scaler.update()
 
     def images(self, imgs: torch.Tensor) -> torch.Tensor:
         """A batch of images on the device, in the memory format the model runs in."""
@@ -285,6 +295,20 @@ class Runtime:
         if self.distributed:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
+
+    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Each gradient replaced by its mean over the ranks, as DDP does for the wrapped model's
+        parameters (for trained parameters outside it, e.g. an objective's); nothing alone."""
+        if not self.distributed:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(mean.view_as(grad))
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         if self.distributed:

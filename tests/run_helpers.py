@@ -5,6 +5,7 @@ runs: in-process (``main``) where the fault is injected in Python, as a subproce
 process itself must die (``kill -9``) or be one of several DDP ranks.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -71,6 +72,26 @@ def run_train(args, log_path, env=None, timeout=120):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def stopped_after_step(step):
+    """Training runs inside this stop with a KeyboardInterrupt (as a kill would) once ``step``
+    steps have run."""
+    from csgn_plugin.engine.engine import CCEngine
+
+    original = CCEngine.forward_backward
+
+    def stop(self, data):
+        if self.global_step == step:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, data)
+
+    CCEngine.forward_backward = stop
+    try:
+        yield
+    finally:
+        CCEngine.forward_backward = original
 
 
 def checkpoint(save_dir, which="last"):

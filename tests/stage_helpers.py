@@ -62,7 +62,7 @@ def run_prompt_stage(cfg, model, data, runtime=None, state=None):
     state and of the prompts at every checkpoint it asked for (every epoch)."""
     if runtime is None:
         runtime = Runtime(torch.device("cpu"), "off", False, 0, 1, SIZE)
-    objective = builders.build_objective(cfg, model)
+    objective = builders.build_objective(cfg, model, data)
     stage = builders.build_stages(cfg, model, objective)[0]
     if state is not None:
         stage.load_state_dict(state)

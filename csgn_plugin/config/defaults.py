@@ -130,6 +130,24 @@ def _torchreid_sections(cfg: CN) -> None:
     cfg.loss.hsf = CN()
     cfg.loss.hsf.rgb_weight = 1.0  # image feature vs the RGB prompt features of all ids
     cfg.loss.hsf.gray_weight = 1.0  # ... vs the grayscale prompt features (0: HSF RGB-only)
+    # plugin additions: the CAL models' losses (Gu et al., CVPR 2022), defaults as Simple-CCReID's
+    # configs/default_img.py. Identity loss: 'cross_entropy' (linear classifier; label smoothing
+    # by loss.softmax.label_smooth, epsilon 0.1) or 'cosface' (normalised classifier, scale and
+    # id_margin)
+    cfg.loss.cal = CN()
+    cfg.loss.cal.id_loss = "cross_entropy"
+    # cosine scale of the clothes classifier's loss, the adversarial loss and 'cosface'
+    cfg.loss.cal.scale = 16.0
+    cfg.loss.cal.id_margin = 0.0  # CosFace margin of the identity loss 'cosface'
+    cfg.loss.cal.pair_weight = 0.0  # weight of the batch-hard triplet loss on cosine distances
+    cfg.loss.cal.pair_margin = 0.3
+    # share of the adversarial target spread over all the outfits of the sample's identity (the
+    # rest, 1 - epsilon, is on its own outfit)
+    cfg.loss.cal.epsilon = 0.1
+    # epoch index (0-based) from which the clothes classifier trains (its own optimizer), and from
+    # which the clothes-based adversarial loss trains the backbone
+    cfg.loss.cal.start_epoch_cc = 25
+    cfg.loss.cal.start_epoch_adv = 25
 
     cfg.test = CN()
     cfg.test.batch_size = 100

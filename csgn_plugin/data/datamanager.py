@@ -14,7 +14,8 @@ It builds the same attributes as torchreid's ``ImageDataManager`` / ``VideoDataM
   after a resume leaves a resumed run's random numbers as the uninterrupted run's;
 * images decoded once (``data.cache``, ``image_cache.py``): each split decoded and resized a
   single time into memory (the training device first), then batches augmented on the device;
-* ``protocols[name]``: the evaluation protocols each target dataset declares.
+* ``protocols[name]``: the evaluation protocols each target dataset declares;
+* ``identity_outfits()``: which outfits of the training split each identity wears.
 """
 
 from __future__ import annotations
@@ -201,6 +202,19 @@ class ClothesDataManager(tr.data.datamanager.DataManager):
                     f"{str(exc).split('. ', 1)[-1]}"
                 ) from exc
             raise
+
+    def identity_outfits(self) -> torch.Tensor:
+        """(training ids, training outfits) booleans: True where the training split holds that
+        outfit of that identity (CAL's positive outfits; Simple-CCReID's ``pid2clothes``)."""
+        if self.num_train_clothes < 1:
+            raise ConfigError(
+                f"data.sources {self.sources}: the training split has no clothes ids (not a "
+                "clothes-changing dataset), which this model's loss needs"
+            )
+        items = torch.tensor([(item[1], item[4]) for item in self.trainset.train])
+        outfits = torch.zeros(self.num_train_pids, self.num_train_clothes, dtype=torch.bool)
+        outfits[items[:, 0], items[:, 1]] = True
+        return outfits
 
     # ------------------------------------------------------------------ decoded once
     def _decode(self, dataset: Any, what: str, interpolations: list[str]) -> DecodedImages | None:

@@ -10,6 +10,8 @@ at batch ``b`` of epoch ``e`` skips exactly the first ``b`` batches.
   scheme, the same rules).
 * ``ClothesIdentitySampler``: as above, with the K instances of an identity spread round-robin
   over its outfits, so that a batch holds clothes-changing positives whenever the id has them.
+* ``IdentityGroupShuffleSampler``: every identity's K-groups of the epoch shuffled together and
+  cut into batches (Simple-CCReID's sampler: a batch may hold two groups of one identity).
 
 They yield ``(index, sample_seed)`` pairs; :class:`SeededDataset` seeds the augmentation of each
 sample from its seed, so augmentation too is a function of (seed, epoch, position) alone, whatever
@@ -29,8 +31,13 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError
 
-SAMPLERS = ("RandomSampler", "RandomIdentitySampler", "ClothesIdentitySampler")
-IDENTITY_SAMPLERS = ("RandomIdentitySampler", "ClothesIdentitySampler")
+SAMPLERS = (
+    "RandomSampler",
+    "RandomIdentitySampler",
+    "ClothesIdentitySampler",
+    "IdentityGroupShuffleSampler",
+)
+IDENTITY_SAMPLERS = SAMPLERS[1:]
 
 
 class EpochSampler(Sampler):
@@ -221,6 +228,25 @@ class ClothesIdentitySampler(RandomIdentitySampler):
         return interleaved
 
 
+class IdentityGroupShuffleSampler(RandomIdentitySampler):
+    """Simple-CCReID's epoch (``data/samplers.py``, ``DistributedRandomIdentitySampler``): every
+    identity's K-groups (:meth:`RandomIdentitySampler._groups`, the same rules) in one shuffled
+    list, cut into batches of ``batch_size / K`` groups, the last partial batch dropped. Every
+    group of the epoch is used once; a batch may hold several groups of one identity. Under DDP
+    each rank takes whole groups of the same global batch (the reference deals the shuffled
+    groups to the ranks in turn: the same distribution)."""
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        rng = self._rng(epoch)
+        groups = [group for pid in self.pids for group in self._groups(pid, rng)]
+        order = rng.permutation(len(groups))
+        per_batch = self.ids_per_batch
+        return [
+            [index for g in order[b * per_batch : (b + 1) * per_batch] for index in groups[g]]
+            for b in range(len(groups) // per_batch)
+        ]
+
+
 def build_sampler(
     name: str,
     data_source: Sequence,
@@ -237,6 +263,10 @@ def build_sampler(
         return RandomIdentitySampler(data_source, batch_size, num_instances, seed, rank, world_size)
     if name == "ClothesIdentitySampler":
         return ClothesIdentitySampler(
+            data_source, batch_size, num_instances, seed, rank, world_size
+        )
+    if name == "IdentityGroupShuffleSampler":
+        return IdentityGroupShuffleSampler(
             data_source, batch_size, num_instances, seed, rank, world_size
         )
     raise ValueError(f"sampler.train_sampler: unknown sampler '{name}', expected one of {SAMPLERS}")

@@ -14,6 +14,8 @@ recipe are both one list of names:
 * ``color_jitter`` (torchreid): brightness 0.2, contrast 0.15;
 * ``random_erase`` (torchreid's ``RandomErasing``): with p 0.5 a rectangle (area 0.02-0.4,
   aspect 0.3-1/0.3 uniform) takes the normalisation mean's numbers;
+* ``random_erase_cifar_mean`` (Simple-CCReID's ``RandomErasing``): the same operation with
+  torchreid's and Zhong et al.'s own default fill, the CIFAR-10 mean (0.4914, 0.4822, 0.4465);
 * ``random_erase_pixel`` (CLIP-ReID's use of timm's ``RandomErasing(mode='pixel')``): with
   p 0.5 a rectangle (area 0.02-1/3, aspect 0.3-1/0.3 log-uniform) takes N(0, 1) noise.
 
@@ -54,6 +56,7 @@ TRANSFORMS = (
     "random_patch",
     "color_jitter",
     "random_erase",
+    "random_erase_cifar_mean",
     "random_erase_pixel",
 )
 INTERPOLATIONS = {
@@ -61,6 +64,8 @@ INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
+# the erasing fill of Zhong et al.'s code, torchreid's and Simple-CCReID's RandomErasing default
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _PIL_INTERPOLATIONS = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
@@ -197,6 +202,8 @@ def build_transforms(
     train += [T.ToTensor(), normalize]
     if "random_erase" in names:
         train.append(tr.data.transforms.RandomErasing(mean=list(norm_mean)))
+    if "random_erase_cifar_mean" in names:
+        train.append(tr.data.transforms.RandomErasing(mean=list(CIFAR_MEAN)))
     if "random_erase_pixel" in names:
         train.append(PixelRandomErasing())
 

@@ -2,8 +2,9 @@
 
 A checkpoint is a dict whose ``state_dict`` holds the model weights (so torchreid's
 ``load_pretrained_weights`` reads it), whose ``model_spec`` says how to rebuild the model without
-a config file, and whose other keys hold everything a resume needs: the optimizer, scheduler,
-gradient scaler, stages, random generators and the loop's progress. :class:`Checkpointer` writes
+a config file, and whose other keys hold everything a resume needs: the optimizers (the model's,
+and one per auxiliary loss of the objective), scheduler, gradient scaler, the objective's own
+trained modules, stages, random generators and the loop's progress. :class:`Checkpointer` writes
 and restores it; files are written with :func:`csgn_plugin.fileio.atomic_save`. Loading weights
 into a model for any other purpose is :mod:`csgn_plugin.modeling.weights`.
 """
@@ -82,7 +83,8 @@ class Checkpointer:
     """Writes ``save_dir/checkpoints/{name}.pth`` with the whole training state and restores it.
 
     ``components`` are the objects whose ``state_dict()`` a resume needs (optimizer, scheduler,
-    scaler; ``None`` entries are stored as ``None``); ``stages`` are saved under ``'stages'`` by
+    scaler, the objective and the optimizers of its auxiliary losses; ``None`` entries are stored
+    as ``None``); ``stages`` are saved under ``'stages'`` by
     name. The loop's own progress (epoch, batch, step, best, history, ...) is passed to
     :meth:`save` and stored at the top level, where :meth:`resume` returns it from.
     """
@@ -145,7 +147,10 @@ class Checkpointer:
         """Restore every component, stage, random generator and the weights from ``path``;
         returns the checkpoint (whose top-level progress keys the loop reads back)."""
         state = load_checkpoint(path, map_location=self.runtime.device)
-        missing = [k for k in ("state_dict", "stages", "rng", *self.components) if k not in state]
+        # a component without state (an objective that owns nothing) may be absent: checkpoints
+        # written before it had a place resume as before
+        needed = [k for k, c in self.components.items() if c is None or c.state_dict()]
+        missing = [k for k in ("state_dict", "stages", "rng", *needed) if k not in state]
         if missing:
             raise RuntimeError(
                 f"'{path}' is not a full training checkpoint of this plugin (missing "
@@ -153,7 +158,7 @@ class Checkpointer:
             )
         self._load_exact_weights(extract_state_dict(state, path), path, state.get("config", ""))
         for key, component in self.components.items():
-            if component is not None and state[key] is not None:
+            if component is not None and state.get(key) is not None:
                 component.load_state_dict(state[key])
         for stage in self.stages:
             if stage.name in state["stages"]:

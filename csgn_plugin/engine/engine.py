@@ -5,13 +5,19 @@ The engine keeps torchreid's interface (``run(...)`` with the same arguments, ``
 loop needs lives next to it, each in one place, received ready-made from ``builders``:
 
 * the :class:`~csgn_plugin.runtime.Runtime` (device, precision, DDP, failures, throughput);
-* the objective (``losses.objective``): outputs + labels -> loss terms, whatever the model;
+* the objective (``losses.objective``): outputs + labels -> loss terms, whatever the model, and
+  the optimizers of the parameters it owns (``auxiliary_optimizers``, one per auxiliary loss);
 * the :class:`~csgn_plugin.evaluation.Evaluator` (extract, rank, tabulate);
 * the stages (``engine.stages``: the CSGN prompt stage), run before the epoch loop;
 * the :class:`~csgn_plugin.engine.checkpoint.Checkpointer` (whole state, atomic, exact resume).
 
-A run: pending stages (each ``run`` then ``attach``), then for each epoch ``train`` (steps; losses
-read once per logging window, which is where non-finite losses stop the run), evaluation when
+A step: the model's forward; the objective's auxiliary losses, each backpropagated and stepped by
+its own optimizer (their gradients averaged over ranks under DDP); the main loss, computed after
+them; its backward and the model optimizer's step; with fp16, one gradient scaler for all of them
+(PyTorch's recipe for several optimizers: every loss scaled, every optimizer stepped through the
+scaler, one update per step). A run: pending stages (each ``run`` then ``attach``), then for
+each epoch ``objective.set_epoch`` and ``train`` (steps; losses read once per logging window,
+which is where non-finite losses stop the run), evaluation when
 due (the best checkpoint by ``cc_eval.best_metric``), the ``last`` checkpoint every
 ``runtime.checkpoint_period`` epochs. ``run(test_only=True)`` evaluates and writes nothing of the
 training state: its table, JSON and ranked images go to an evaluation folder.
@@ -32,7 +38,7 @@ from torch import nn
 from ..compat import torchreid_api
 from ..evaluation.evaluator import Evaluator, call_model
 from ..fileio import fault_point
-from ..losses.objective import Objective
+from ..losses.objective import Labels, LossTerms, Objective
 from ..runtime import Runtime
 from .checkpoint import Checkpointer
 from .stages import Stage, StageContext
@@ -77,6 +83,7 @@ class CCEngine(tr.engine.Engine):
         stages: Sequence[Stage] = (),
         model_spec: Optional[dict] = None,
         config_dump: str = "",
+        auxiliary_optimizers: Optional[dict[str, torch.optim.Optimizer]] = None,
     ) -> None:
         super().__init__(datamanager, runtime.device.type == "cuda")
         self.model = model
@@ -85,6 +92,10 @@ class CCEngine(tr.engine.Engine):
         self.scheduler = scheduler
         self.register_model("model", model, optimizer, scheduler)
         self.objective = objective
+        self.auxiliary_optimizers = dict(auxiliary_optimizers or {})
+        missing = sorted(set(objective.auxiliary_parameters()) - set(self.auxiliary_optimizers))
+        if missing:
+            raise ValueError(f"no optimizer for the objective's auxiliary losses {missing}")
         self.runtime = runtime
         self.evaluator = evaluator
         self.options = options
@@ -95,7 +106,13 @@ class CCEngine(tr.engine.Engine):
             self.unwrapped_model,
             model_spec,
             config_dump,
-            {"optimizer": optimizer, "scheduler": scheduler, "scaler": self.scaler},
+            {
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "scaler": self.scaler,
+                "objective": objective,
+                **{f"optimizer_{k}": v for k, v in self.auxiliary_optimizers.items()},
+            },
             self.stages,
         )
         self._trainable = {n: p.requires_grad for n, p in self.unwrapped_model.named_parameters()}
@@ -174,27 +191,60 @@ class CCEngine(tr.engine.Engine):
         with oom:
             return self._step(data)
 
+    def _labels(self, data: dict) -> Labels:
+        device = self.runtime.device
+        clothes = data.get("clothes_id")
+        return Labels(
+            pid=data["pid"].to(device, non_blocking=True),
+            camid=data["camid"].to(device, non_blocking=True),
+            clothes_id=None if clothes is None else clothes.to(device, non_blocking=True),
+        )
+
     def _step(self, data: dict) -> dict[str, torch.Tensor]:
         """One optimisation step; returns the detached loss terms (and logged details)."""
         runtime = self.runtime
         imgs = runtime.images(data["img"])
-        pids = data["pid"].to(runtime.device, non_blocking=True)
-        camids = data["camid"].to(runtime.device, non_blocking=True)
+        labels = self._labels(data)
         with runtime.autocast():
-            losses = self.objective(call_model(self.model, imgs, camids), pids)
+            outputs = call_model(self.model, imgs, labels.camid)
+            auxiliary = self.objective.auxiliary_losses(outputs, labels)
+        finite = self._finite(list(auxiliary.terms.values()))
+        if finite:  # parameters the objective owns, trained before the main loss is computed
+            for name, loss in auxiliary.terms.items():
+                optimizer = self.auxiliary_optimizers[name]
+                optimizer.zero_grad(set_to_none=True)
+                # not in the DDP-wrapped model: averaged here; the scaler updates after the last
+                runtime.backward_and_step(
+                    loss, optimizer, self.scaler, average_over_ranks=True, update_scaler=False
+                )
+        with runtime.autocast():
+            losses = self.objective(outputs, labels)
         loss = losses.total
         self.optimizer.zero_grad(set_to_none=True)
-        if self.options.nan_policy == "skip" and not runtime.all_finite(loss):
-            self.skipped_steps += 1
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.logged().items())
-            runtime.log(
-                f"Warning: skipped step {self.global_step + 1} (epoch {self.epoch + 1} batch "
-                f"{self.batch_idx + 1}) with a non-finite loss ({detail}); runtime.nan_policy "
-                "'skip'"
-            )
-            return {k: torch.zeros_like(v) for k, v in losses.logged().items()}
-        runtime.backward_and_step(loss, self.optimizer, self.scaler)
-        return losses.logged()
+        if not (finite and self._finite([loss])):
+            return self._skip(losses, auxiliary, stepped=finite and bool(auxiliary.terms))
+        runtime.backward_and_step(loss, self.optimizer, self.scaler)  # the scaler's one update
+        return {**losses.logged(), **auxiliary.logged()}
+
+    def _finite(self, values: list[torch.Tensor]) -> bool:
+        """False when ``runtime.nan_policy`` is 'skip' and a value is not finite on some rank."""
+        if self.options.nan_policy != "skip" or not values:
+            return True
+        return self.runtime.all_finite(torch.stack([v.detach().float() for v in values]))
+
+    def _skip(self, losses: LossTerms, auxiliary: LossTerms, stepped: bool) -> dict:
+        """Leave out a step whose loss is not finite (``stepped``: its auxiliary optimizers have
+        stepped already); its logged values count as zeros."""
+        self.skipped_steps += 1
+        logged = {**losses.logged(), **auxiliary.logged()}
+        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in logged.items())
+        self.runtime.log(
+            f"Warning: skipped step {self.global_step + 1} (epoch {self.epoch + 1} batch "
+            f"{self.batch_idx + 1}) with a non-finite loss ({detail}); runtime.nan_policy 'skip'"
+        )
+        if stepped and self.scaler is not None:
+            self.scaler.update()
+        return {k: torch.zeros_like(v) for k, v in logged.items()}
 
     # ------------------------------------------------------------------ one epoch
     def two_stepped_transfer_learning(
@@ -217,6 +267,7 @@ class CCEngine(tr.engine.Engine):
         (the sampler streams epoch after epoch, so the workers never wait for an epoch to
         start); called alone, it iterates over this epoch only."""
         self.set_model_mode("train")
+        self.objective.set_epoch(self.epoch)
         self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
         sampler = self.datamanager.train_sampler
         batches = self._train_batches

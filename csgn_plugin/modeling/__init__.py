@@ -1,5 +1,6 @@
-"""CLIP towers, the MDG prompt learner, the VSS backbone, the assembled CSGN models, and how a
-trained model is described, rebuilt and loaded.
+"""CLIP towers, the MDG prompt learner, the VSS backbone, the assembled CSGN models, CAL's model
+(``CAL_MODELS``: ``cal_resnet50``, ``cal_osnet_x0_25``), and how a trained model is described,
+rebuilt and loaded.
 
 ``MODEL_PRESETS`` names the registered models (``csgn``, ``clipreid_vitb16``,
 ``clipreid_rn50``: one class, :class:`CSGN`, configured by a :class:`CSGNConfig`, which
@@ -11,6 +12,7 @@ policy (CLIP-ReID's released checkpoints included).
 
 from __future__ import annotations
 
+from .cal import CAL_MODELS, CALModel, NormalizedClassifier
 from .clip_towers import ReIDResNet, ReIDViT
 from .clip_weights import load_clip, read_clip_checkpoint
 from .csgn import CSGN, MODEL_PRESETS, CSGNConfig, config_from_architecture
@@ -22,15 +24,18 @@ from .vss import FUSION_MODES, VSS
 from .weights import CheckpointMismatchError, LoadReport, load_model_weights, load_weights_file
 
 __all__ = [
+    "CAL_MODELS",
     "CSGN",
     "FUSION_MODES",
     "MODEL_PRESETS",
     "TINY_ARCHS",
     "VSS",
+    "CALModel",
     "CSGNConfig",
     "CheckpointMismatchError",
     "LoadReport",
     "ModelSpec",
+    "NormalizedClassifier",
     "PromptLearner",
     "ReIDResNet",
     "ReIDViT",

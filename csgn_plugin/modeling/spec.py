@@ -5,13 +5,15 @@ state optional). The spec names the model, its number of classes, its architectu
 input it expects::
 
     {"name": "csgn", "num_classes": 77,
-     "architecture": {...},       # CSGN names: CSGN.architecture(); others: {"loss": "softmax"}
+     "architecture": {...},       # CSGN names: CSGN.architecture(); CAL names:
+                                  # CALModel.architecture(); others: {"loss": "softmax"}
      "input": {"height": 256, "width": 128, "norm_mean": [...], "norm_std": [...],
                "interpolation": "bilinear"}}
 
 :func:`build_model_from_spec` builds that model with random weights and downloads nothing: a
 CSGN name becomes ``CSGN(config_from_architecture(architecture), num_classes)`` (tower
-architectures, stride, SIE, activation all from the spec), any other name torchreid's
+architectures, stride, SIE, activation all from the spec), a CAL name ``CALModel(name,
+num_classes, identity_classifier, pretrained=False)``, any other name torchreid's
 ``build_model(name, num_classes, loss, pretrained=False)``. The checkpoint's ``state_dict`` then
 fills it (:func:`~csgn_plugin.modeling.weights.load_model_weights`).
 """
@@ -25,6 +27,7 @@ from typing import Any, Optional
 from torch import nn
 
 from ..compat import model_factory, torchreid_api
+from .cal import CAL_MODELS, IDENTITY_CLASSIFIERS, CALModel
 from .csgn import CSGN, MODEL_PRESETS, config_from_architecture
 
 __all__ = [
@@ -111,6 +114,17 @@ class ModelSpec:
         _check_input(self.input, f"{where}.input")
         if self.name in MODEL_PRESETS:
             self._check_csgn(where)
+        elif self.name in CAL_MODELS:
+            if not (
+                isinstance(self.architecture, dict)
+                and set(self.architecture) == {"identity_classifier"}
+                and self.architecture["identity_classifier"] in IDENTITY_CLASSIFIERS
+            ):
+                raise ValueError(
+                    f"{where}.architecture of CAL model '{self.name}' must be "
+                    f"{{'identity_classifier': one of {IDENTITY_CLASSIFIERS}}}, got "
+                    f"{self.architecture!r}"
+                )
         elif not (
             isinstance(self.architecture, dict)
             and set(self.architecture) == {"loss"}
@@ -172,9 +186,10 @@ def model_spec_for(
     loss: Optional[str] = None,
     num_classes: Optional[int] = None,
 ) -> ModelSpec:
-    """The spec of a built model: a :class:`CSGN` describes itself; a torchreid model needs
+    """The spec of a built model: a :class:`CSGN` or :class:`CALModel` describes itself; a
+    torchreid model needs
     the ``loss`` it was built with (``loss.name``) and its ``num_classes``."""
-    if isinstance(model, CSGN):
+    if isinstance(model, (CSGN, CALModel)):
         return ModelSpec(name, model.num_classes, model.architecture(), dict(input))
     if loss is None or num_classes is None:
         raise ValueError(
@@ -188,6 +203,9 @@ def build_model_from_spec(spec: ModelSpec) -> nn.Module:
     """The model of ``spec`` with random weights; nothing is downloaded."""
     if spec.name in MODEL_PRESETS:
         return CSGN(config_from_architecture(spec.architecture), spec.num_classes)
+    if spec.name in CAL_MODELS:
+        classifier = spec.architecture["identity_classifier"]
+        return CALModel(spec.name, spec.num_classes, classifier, pretrained=False)
     if spec.name not in model_factory():
         raise ValueError(
             f"model_spec.name '{spec.name}' is neither a CSGN model ({sorted(MODEL_PRESETS)}) "

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     datamanager.trainset.train = seen  # stage 1 learns the prompts from the seen outfits only
     model = builders.build_model(cfg, datamanager, use_gpu=False)
     runtime = builders.build_runtime(cfg, use_gpu=False)
-    objective = builders.build_objective(cfg, model)
+    objective = builders.build_objective(cfg, model, datamanager)
     (stage,) = builders.build_stages(cfg, model, objective)
     losses = []  # the stage's logged mutual loss per epoch
 

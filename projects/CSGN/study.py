@@ -1,5 +1,6 @@
 """Clothes-changing accuracy study on SynthCC (v2): the CLIP models from SynthCLIP beside
-random towers, CSGN's ablations and choices, a torchreid baseline.
+random towers, CSGN's ablations and choices, a torchreid baseline, CAL (with and without its
+adversarial loss).
 
 Every run goes through the same launcher as ``tools/train.py`` with the main job's config
 (``configs/csgn_synthcc.yaml``: tiny CLIP towers at 128x64, SynthCLIP weights); each (preset,
@@ -44,6 +45,7 @@ from csgn_plugin.pretraining import ensure_synthclip_towers  # noqa: E402
 
 CSGN = os.path.join(ROOT, "configs", "csgn_synthcc.yaml")
 OSNET = os.path.join(ROOT, "configs", "synthcc_osnet.yaml")
+CAL = os.path.join(ROOT, "configs", "synthcc_cal.yaml")
 RANDOM = ["model.pretrained", "False"]  # the '@random' arm: the same model from random towers
 CLIPREID = ["loss.hsf.gray_weight", "0.0"]
 # name -> (config file, overrides): METHOD.md's ablations, CSGN's own choices, the baselines
@@ -61,6 +63,10 @@ VARIANTS = {
     "csgn_vit_lr_0.1": (CSGN, ["csgn.vit_lr_factor", "0.1"]),
     "csgn_fusion_init": (CSGN, ["csgn.fusion_init_std", "0.01"]),
     "csgn_part_norm": (CSGN, ["csgn.test_part_norm", "True"]),
+    "cal_osnet_x0_25": (CAL, []),
+    # the same run without the adversarial term (its gate never opens; the clothes classifier
+    # still trains, on detached features: it cannot reach the backbone)
+    "cal_osnet_x0_25_no_adv": (CAL, ["loss.cal.start_epoch_adv", "1000"]),
 }
 # the random-tower arm of the variants the questions compare
 for _name in ("clipreid_vitb16", "clipreid_rn50", "csgn", "csgn_no_gray_prompts"):
@@ -79,6 +85,9 @@ QUESTIONS = [
     ("fusion init std 0.01", "csgn_fusion_init", "csgn"),
     ("per-part normalised feature", "csgn_part_norm", "csgn"),
     ("CSGN vs OSNet", "csgn", "osnet_x0_25"),
+    ("CAL vs OSNet", "cal_osnet_x0_25", "osnet_x0_25"),
+    ("CAL vs CSGN", "cal_osnet_x0_25", "csgn"),
+    ("CAL's adversarial loss", "cal_osnet_x0_25", "cal_osnet_x0_25_no_adv"),
 ]
 PROTOCOLS = ("general", "cc", "sc")
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies

@@ -33,6 +33,7 @@ from csgn_plugin import builders, checks  # noqa: E402
 from csgn_plugin.config import load_config  # noqa: E402
 from csgn_plugin.fileio import atomic_write_text  # noqa: E402
 from csgn_plugin.launcher import command_line  # noqa: E402
+from csgn_plugin.losses.objective import Labels  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "synthcc_osnet.yaml")
 # configs/synthcc_osnet.yaml before it became torchreid's softmax recipe
@@ -65,7 +66,8 @@ def gradient_shares(engine, batches: int) -> list[dict]:
     engine.datamanager.train_sampler.set_epoch(0)
     rows = []
     for _, data in zip(range(batches), engine.datamanager.train_loader):
-        terms = engine.objective(model(data["img"]), data["pid"]).terms
+        labels = Labels(pid=data["pid"], camid=data["camid"])
+        terms = engine.objective(model(data["img"]), labels).terms
         grads = {
             name: torch.cat(
                 [g.flatten() for g in torch.autograd.grad(terms[name], backbone, retain_graph=True)]
@@ -98,7 +100,7 @@ def train_epochs(engine, epochs: int) -> list[dict]:
         start = time.time()
         for data in engine.datamanager.train_loader:
             logits, features = model(data["img"])
-            losses = engine.objective((logits, features), data["pid"])
+            losses = engine.objective((logits, features), Labels(data["pid"], data["camid"]))
             terms = losses.terms
             engine.optimizer.zero_grad()
             losses.total.backward()

@@ -17,6 +17,9 @@ def test_there_is_a_config_per_dataset_and_method():
     for ds in ("ltcc", "prcc", "vcclothes", "deepchange", "last", "celebreid", "synthcc"):
         assert f"csgn_{ds}.yaml" in names
     assert {"clipreid_vitb16_ltcc.yaml", "clipreid_rn50_ltcc.yaml"} <= names
+    for ds in ("ltcc", "prcc", "vcclothes", "deepchange", "last"):
+        assert f"cal_{ds}.yaml" in names
+    assert "synthcc_cal.yaml" in names
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
@@ -83,3 +86,43 @@ def test_base_chains_resolve_relative_paths_and_refuse_loops(tmp_path):
     (tmp_path / "c.yaml").write_text("_BASE_: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+# Simple-CCReID's recipe (guxinqian/Simple-CCReID, commit 88c5b0b), written out from its files:
+# configs/default_img.py, configs/res50_cels_cal*.yaml, main.py, script.sh (two processes of
+# DATA.TRAIN_BATCH 32: a global batch of 64)
+CAL_RECIPE = {
+    "model.name": "cal_resnet50", "model.pretrained": True,
+    "data.height": 384, "data.width": 192,  # default_img.py:18-20
+    "data.transforms": ["random_flip", "random_crop", "random_erase_cifar_mean"],
+    "data.norm_mean": [0.485, 0.456, 0.406], "data.norm_std": [0.229, 0.224, 0.225],
+    "sampler.train_sampler": "IdentityGroupShuffleSampler", "sampler.num_instances": 8,
+    "train.batch_size": 64, "train.optim": "adam", "train.lr": 0.00035,
+    "train.weight_decay": 0.0005, "train.max_epoch": 60, "train.lr_scheduler": "multi_step",
+    "train.stepsize": [20, 40], "train.gamma": 0.1, "train.step_scheduler_at": "epoch_end",
+    "train.bias_lr_factor": 1.0, "train.warmup_epochs": 0, "train.seed": 1,
+    "loss.softmax.label_smooth": True, "loss.cal.id_loss": "cross_entropy",
+    "loss.cal.scale": 16.0, "loss.cal.id_margin": 0.0, "loss.cal.pair_weight": 0.0,
+    "loss.cal.pair_margin": 0.3, "loss.cal.epsilon": 0.1, "loss.cal.start_epoch_cc": 25,
+    "loss.cal.start_epoch_adv": 25, "test.batch_size": 128, "test.dist_metric": "cosine",
+    "test.eval_freq": 5, "runtime.amp": "off", "cc_eval.best_metric": "cc_r1",
+}  # fmt: skip
+CAL_DATASETS = {
+    "ltcc": {"data.sources": ["ltcc"]},
+    "prcc": {"data.sources": ["prcc"]},
+    "vcclothes": {"data.sources": ["vcclothes"],
+                  "data.targets": ["vcclothes", "vcclothes_sc", "vcclothes_cc"]},
+    # res50_cels_cal_16x4.yaml, --amp
+    "deepchange": {"data.sources": ["deepchange"], "sampler.num_instances": 4,
+                   "runtime.amp": "fp16", "cc_eval.best_metric": "general_r1"},
+    # res50_cels_cal_tri_16x4.yaml, --amp
+    "last": {"data.sources": ["last"], "sampler.num_instances": 4, "loss.cal.pair_weight": 1.0,
+             "runtime.amp": "fp16", "cc_eval.best_metric": "general_r1"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", list(CAL_DATASETS))
+def test_cal_configs_are_simple_ccreids_recipes(dataset):
+    cfg = _flat(load_config(os.path.join(ROOT, "configs", f"cal_{dataset}.yaml")))
+    expected = {**CAL_RECIPE, **CAL_DATASETS[dataset]}
+    assert {k: cfg[k] for k in expected} == expected

@@ -200,3 +200,31 @@ def test_identity_batches_order_ids_at_random():
         for batch in batches(sampler, 16):
             orders.add(tuple(items[i][1] for i in batch[::4]))
     assert any(list(o) != sorted(o) for o in orders)
+
+
+def test_group_shuffle_epoch_uses_every_group_once_as_simple_ccreid():
+    """Simple-CCReID's epoch (data/samplers.py, DistributedRandomIdentitySampler.__iter__): each
+    id's images shuffled and cut into K-groups (fewer than K: K draws with replacement), all
+    groups shuffled together, batches of B / K consecutive groups, the partial one dropped."""
+    k, per_batch = 4, 3
+    counts = [9, 4, 13, 2, 1, 8, 5, 12, 3, 7]  # groups: 2 1 3 1 1 2 1 3 1 1 = 16 -> 5 batches
+    items = items_with_counts(counts)
+    groups_of = [max(n, k) // k for n in counts]
+    repeated = 0
+    for epoch in range(20):
+        sampler = build_sampler("IdentityGroupShuffleSampler", items, per_batch * k, k, seed=3)
+        sampler.set_epoch(epoch)
+        out = batches(sampler, per_batch * k)
+        assert len(out) == sampler.num_batches() == sum(groups_of) // per_batch
+        used = Counter()
+        for batch in out:
+            groups = [batch[i : i + k] for i in range(0, per_batch * k, k)]
+            assert all(len({items[j][1] for j in g}) == 1 for g in groups)
+            ids = [items[g[0]][1] for g in groups]
+            used.update(ids)
+            repeated += len(set(ids)) < per_batch  # an id may fill two groups of a batch
+        assert all(used[pid] <= g for pid, g in enumerate(groups_of))
+        assert sum(groups_of) - sum(used.values()) < per_batch  # only the last partial batch
+        seen = Counter(i for batch in out for i in batch)
+        assert all(t == 1 for i, t in seen.items() if counts[items[i][1]] >= k)
+    assert repeated > 0

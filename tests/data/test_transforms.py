@@ -111,6 +111,32 @@ def test_torchreid_names_keep_torchreid_meaning_and_order():
     )
 
 
+def test_simple_ccreid_config_draws_simple_ccreids_transforms():
+    """data/__init__.py:49-62 (guxinqian/Simple-CCReID): Resize (bilinear), RandomCroping (p 0.5:
+    enlarge 1.125x, crop at a uniform position = torchreid's Random2DTranslation), flip p 0.5,
+    ToTensor, ImageNet normalisation, RandomErasing (p 0.5, area 0.02-0.4, aspect 0.3-1/0.3,
+    fill 0.4914 / 0.4822 / 0.4465 in normalised space); test: Resize, ToTensor, Normalize. The
+    crop and the flip commute in distribution (a mirrored uniform crop is a uniform crop)."""
+    train, test = pipeline_from_config("cal_ltcc.yaml")
+    ops = train.transforms
+    assert [type(op) for op in ops] == [
+        T.Resize,
+        T.RandomHorizontalFlip,
+        tr.data.transforms.Random2DTranslation,
+        T.ToTensor,
+        T.Normalize,
+        tr.data.transforms.RandomErasing,
+    ]
+    assert tuple(ops[0].size) == (384, 192) and ops[0].interpolation == InterpolationMode.BILINEAR
+    assert ops[1].p == 0.5 and (ops[2].height, ops[2].width, ops[2].p) == (384, 192, 0.5)
+    assert list(ops[4].mean) == IMAGENET[0] and list(ops[4].std) == IMAGENET[1]
+    erase = ops[5]
+    assert (erase.probability, erase.sl, erase.sh, erase.r1) == (0.5, 0.02, 0.4, 0.3)
+    assert list(erase.mean) == [0.4914, 0.4822, 0.4465]
+    assert [type(op) for op in test.transforms] == [T.Resize, T.ToTensor, T.Normalize]
+    assert test.transforms[0].interpolation == InterpolationMode.BILINEAR
+
+
 def test_unknown_transform_names_are_refused_with_a_suggestion():
     with pytest.raises(ValueError, match=r"data.transforms.*'pad_crp'.*did you mean 'pad_crop'"):
         check_transform_names(["random_flip", "pad_crp"])

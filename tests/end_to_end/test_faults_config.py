@@ -3,6 +3,7 @@ refused before any work starts (no data generated, nothing written); what can on
 the data or the built model is refused before the first training step."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 from run_helpers import opts
@@ -120,7 +121,37 @@ def test_switching_to_a_torchreid_model_says_what_no_longer_applies():
     )
     text = checks.describe_model_choice(cfg)
     assert "torchreid model" in text and "loss 'triplet'" in text
-    assert "clip, csgn, stage1, loss.clip, loss.hsf do not apply" in text
+    assert "clip, csgn, stage1, loss.clip, loss.hsf, loss.cal do not apply" in text
     assert "values set in clip, stage1, loss.clip are ignored" in text
     clip = checks.describe_model_choice(load_config("", ["model.name", "csgn"]))
-    assert "loss.name, loss.triplet.weight_x/weight_t are torchreid's" in clip
+    assert "loss.name, loss.triplet.weight_x/weight_t and loss.cal do not apply" in clip
+    cal = checks.describe_model_choice(load_config("", ["model.name", "cal_resnet50"]))
+    assert "(CAL): loss.cal and loss.softmax.label_smooth apply" in cal
+
+
+CAL = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthcc_cal.yaml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["loss.cal.id_loss", "arcface"], r"loss\.cal\.id_loss must be one of"),
+        (["loss.cal.id_loss", "cosface"], r"'cosface' has no label smoothing.*label_smooth False"),
+        (["loss.cal.epsilon", "1.5"], r"loss\.cal\.epsilon must be in \[0, 1\]"),
+        (["loss.cal.scale", "0.0"], r"loss\.cal\.scale must be a number > 0"),
+        (["loss.cal.start_epoch_adv", "-1"], r"loss\.cal\.start_epoch_adv must be a number >= 0"),
+        (["loss.cal.pair_weight", "1.0", "sampler.train_sampler", "RandomSampler"],
+         r"loss\.cal\.pair_weight.*needs positives in every batch"),
+    ],
+)  # fmt: skip
+def test_cal_values_are_checked(extra, match):
+    checks.check_config(load_config(CAL, []))
+    checks.check_config(load_config(CAL, ["sampler.train_sampler", "RandomSampler"]))  # no pairs
+    with pytest.raises((ConfigError, ValueError), match=match):
+        checks.check_config(load_config(CAL, extra))
+
+
+def test_cal_refuses_training_data_without_clothes_ids():
+    data = SimpleNamespace(num_train_clothes=0)
+    with pytest.raises(ValueError, match=r"'cal_osnet_x0_25' \(CAL\) needs clothes ids"):
+        checks.check_data(load_config(CAL, ["data.sources", "['market1501']"]), data)

@@ -14,8 +14,25 @@ from run_helpers import checkpoint, opts
 from csgn_plugin import builders, checks
 from csgn_plugin.engine.engine import CCEngine
 from csgn_plugin.launcher import main
-from csgn_plugin.losses.objective import LossTerms
+from csgn_plugin.losses.objective import LossTerms, Objective
 from csgn_plugin.runtime import NonFiniteLossError
+
+
+class Poisoned(Objective):
+    """``objective``, whose loss of training step ``step`` (1-based) becomes NaN."""
+
+    def __init__(self, objective, step):
+        self.objective, self.step, self.calls = objective, step, 0
+
+    def __call__(self, outputs, labels):
+        self.calls += 1
+        losses = self.objective(outputs, labels)
+        if self.calls == self.step:
+            return LossTerms({k: v * math.nan for k, v in losses.terms.items()}, {})
+        return losses
+
+    def describe(self):
+        return self.objective.describe()
 
 
 def poison_loss_at(monkeypatch, step):
@@ -23,18 +40,8 @@ def poison_loss_at(monkeypatch, step):
     objective the engine is built with is wrapped (one call per step)."""
     original = builders.build_objective
 
-    def build_objective(cfg, model):
-        objective = original(cfg, model)
-        calls = []
-
-        def poisoned(outputs, pids):
-            calls.append(1)
-            losses = objective(outputs, pids)
-            if len(calls) == step:
-                return LossTerms({k: v * math.nan for k, v in losses.terms.items()}, {})
-            return losses
-
-        return poisoned
+    def build_objective(*args):
+        return Poisoned(original(*args), step)
 
     monkeypatch.setattr(builders, "build_objective", build_objective)
 

@@ -6,7 +6,14 @@ import os
 
 import pytest
 import torch
-from run_helpers import assert_same_rng, assert_same_weights, checkpoint, opts, run_torchrun
+from run_helpers import (
+    assert_same_rng,
+    assert_same_weights,
+    checkpoint,
+    opts,
+    run_torchrun,
+    stopped_after_step,
+)
 
 from csgn_plugin.compat import load_checkpoint
 from csgn_plugin.launcher import main
@@ -79,21 +86,8 @@ def test_resume_inside_an_epoch_ends_with_the_same_weights(tmp_path):
     """A checkpoint every 3 steps; training stopped by an exception after step 6 (epoch 2)."""
     main(baseline_opts(tmp_path, tmp_path / "straight"))
     save = tmp_path / "killed"
-    from csgn_plugin.engine.engine import CCEngine
-
-    original = CCEngine.forward_backward
-
-    def crash_after_step_6(self, data):
-        if self.global_step == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, data)
-
-    CCEngine.forward_backward = crash_after_step_6
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(baseline_opts(tmp_path, save, "runtime.checkpoint_iters", "3"))
-    finally:
-        CCEngine.forward_backward = original
+    with stopped_after_step(6), pytest.raises(KeyboardInterrupt):
+        main(baseline_opts(tmp_path, save, "runtime.checkpoint_iters", "3"))
     state = load_checkpoint(save / "checkpoints" / "last.pth")
     assert state["global_step"] == 6 and state["batch"] > 0  # resumes inside an epoch
     main(baseline_opts(tmp_path, save, "model.resume", "auto", "runtime.checkpoint_iters", "3"))

@@ -53,10 +53,10 @@ def grayscale_by_hand(raw):
 
 def stage_cache(cfg, model, raw):
     """What the prompt stage caches for ``raw`` pictures (normalised as the loader gives them)."""
-    objective = builders.build_objective(cfg, model)
+    data = memory_data(normalise(raw, cfg), torch.arange(len(raw)) % NUM_IDS)
+    objective = builders.build_objective(cfg, model, data)
     stage = builders.build_stages(cfg, model, objective)[0]
     runtime = Runtime(torch.device("cpu"), "off", False, 0, 1, SIZE)
-    data = memory_data(normalise(raw, cfg), torch.arange(len(raw)) % NUM_IDS)
     context = StageContext(runtime, model, data, lambda: None, lambda *args: None, 0)
     cached, labels = stage.cache_features(context)
     assert torch.equal(labels, torch.arange(len(raw)) % NUM_IDS)
@@ -257,7 +257,7 @@ def test_hsf_weights_switch_off_the_modality_they_name():
     }
     for (rgb_weight, gray_weight), expected in cases.items():
         cfg = tiny_cfg("loss.hsf.rgb_weight", rgb_weight, "loss.hsf.gray_weight", gray_weight)
-        objective = builders.build_objective(cfg, tiny_model(cfg, NUM_IDS))
+        objective = builders.build_objective(cfg, tiny_model(cfg, NUM_IDS), None)
         total, terms = objective.hsf(feature, bank, labels)
         assert {m: round(float(v), 5) for m, v in terms.items()} == {
             m: round(v, 5) for m, v in expected.items()

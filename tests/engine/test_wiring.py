@@ -18,6 +18,7 @@ from csgn_plugin.builders import build_clip_model as build_model_from_config
 from csgn_plugin.compat import torchreid_api
 from csgn_plugin.config import load_config
 from csgn_plugin.engine.stages import StageContext
+from csgn_plugin.losses.objective import Labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # random tiny towers instead of the main job's SynthCLIP (which pretrains for minutes)
@@ -47,6 +48,10 @@ def build(cfg, model=None):
         engine.stages[0].attach(context)
     model.train()
     return engine
+
+
+def labels(data):
+    return Labels(pid=data["pid"], camid=data["camid"])
 
 
 def batch(seed=0):
@@ -108,7 +113,7 @@ def test_a_step_follows_the_gradient_of_the_sum_of_the_reported_terms(fusion):
     model, data = engine.unwrapped_model, batch()
     reference = copy.deepcopy(model)
     params = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
-    terms = engine.objective(reference(data["img"], data["camid"]), data["pid"])
+    terms = engine.objective(reference(data["img"], data["camid"]), labels(data))
     assert set(terms.terms) == {"id", "triplet", "hsf"}
     total = terms.terms["id"] + terms.terms["triplet"] + terms.terms["hsf"]
     grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True)
@@ -140,7 +145,7 @@ def test_each_term_sends_gradient_where_it_should():
     model, data = engine.unwrapped_model, batch()
     with torch.no_grad():  # once the fusion lets the ResNet reach the joint space
         model.vss.fusion.linear.weight[:, 64:].normal_(std=0.05)
-    terms = engine.objective(model(data["img"], data["camid"]), data["pid"]).terms
+    terms = engine.objective(model(data["img"], data["camid"]), labels(data)).terms
     hsf = _grads(model, terms["hsf"])
     for prefix in ("vss.fusion.", "vss.vit.", "vss.resnet."):
         assert _touches(hsf, prefix), f"HSF sends no gradient to {prefix}"
@@ -163,7 +168,7 @@ def test_hsf_scores_each_modality_against_its_own_prompt_bank():
     bank = engine.objective.text_bank
     assert not torch.allclose(bank["rgb"], bank["gray"])  # two different banks
     outputs = model(data["img"], data["camid"])
-    losses = engine.objective(outputs, data["pid"])
+    losses = engine.objective(outputs, labels(data))
     feature = outputs["image_feature"].float()
     for modality in ("rgb", "gray"):
         logits = feature @ bank[modality].t()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csgn_plugin.losses.objective import CLIPReIDObjective, TorchreidObjective
+from csgn_plugin.losses.objective import CLIPReIDObjective, Labels, TorchreidObjective
 
 
 def smoothed_ce(logits, labels, eps):
@@ -30,7 +30,7 @@ def batch_hard(features, labels, margin):
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(3)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    labels = Labels(pid=torch.tensor([0, 0, 1, 1, 2, 2]), camid=torch.zeros(6, dtype=torch.long))
     return g, labels
 
 
@@ -39,11 +39,11 @@ def test_torchreid_triplet_recipe_uses_its_weights_margin_and_smoothing(batch):
     logits, features = torch.randn(6, 3, generator=g), torch.randn(6, 5, generator=g)
     objective = TorchreidObjective("triplet", 0.2, margin=0.7, weight_x=0.4, weight_t=1.7)
     terms = objective((logits, features), labels).terms
-    torch.testing.assert_close(terms["softmax"], 0.4 * smoothed_ce(logits, labels, 0.2))
-    torch.testing.assert_close(terms["triplet"], 1.7 * batch_hard(features, labels, 0.7))
+    torch.testing.assert_close(terms["softmax"], 0.4 * smoothed_ce(logits, labels.pid, 0.2))
+    torch.testing.assert_close(terms["triplet"], 1.7 * batch_hard(features, labels.pid, 0.7))
     softmax_only = TorchreidObjective("softmax", 0.0, 0.3, 1.0, 1.0)((logits, features), labels)
     assert set(softmax_only.terms) == {"softmax"}
-    torch.testing.assert_close(softmax_only.total, F.cross_entropy(logits, labels))
+    torch.testing.assert_close(softmax_only.total, F.cross_entropy(logits, labels.pid))
 
 
 def test_clip_recipe_uses_its_weights_margin_smoothing_and_each_bank(batch):
@@ -60,10 +60,11 @@ def test_clip_recipe_uses_its_weights_margin_smoothing_and_each_bank(batch):
     )  # fmt: skip
     objective.set_text_bank(bank)
     losses = objective(outputs, labels)
-    ident = sum(smoothed_ce(x, labels, 0.15) for x in outputs["logits"])
-    triplet = sum(batch_hard(f, labels, 0.5) for f in outputs["features"])
-    rgb = smoothed_ce(outputs["image_feature"] @ bank["rgb"].t(), labels, 0.15)
-    gray = smoothed_ce(outputs["image_feature"] @ bank["gray"].t(), labels, 0.15)
+    pids = labels.pid
+    ident = sum(smoothed_ce(x, pids, 0.15) for x in outputs["logits"])
+    triplet = sum(batch_hard(f, pids, 0.5) for f in outputs["features"])
+    rgb = smoothed_ce(outputs["image_feature"] @ bank["rgb"].t(), pids, 0.15)
+    gray = smoothed_ce(outputs["image_feature"] @ bank["gray"].t(), pids, 0.15)
     torch.testing.assert_close(losses.terms["id"], 0.3 * ident)
     torch.testing.assert_close(losses.terms["triplet"], 0.6 * triplet)
     torch.testing.assert_close(losses.terms["hsf"], 0.9 * rgb + 0.4 * gray)
