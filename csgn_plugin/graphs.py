@@ -171,9 +171,10 @@ class GraphedModule(nn.Module):
             graphed = capture(self.module, args)
         except RuntimeError as exc:
             graphed, error = self.module, exc
-        with torch.no_grad():
+        with torch.no_grad():  # only those that changed: a write would invalidate saved views
             for buffer, value in zip(self.module.buffers(), saved):
-                buffer.copy_(value)
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
         if args[0].is_cuda:
             torch.cuda.synchronize()
         if self.record is not None:

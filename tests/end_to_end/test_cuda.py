@@ -138,8 +138,10 @@ def test_graphed_stage2_steps_give_the_eager_losses_and_weights():
         for key, value in want.items():
             torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5)
     assert graphed.runtime.throughput.phases["stage2_graph_capture"][0] == 1
-    for key, value in eager_model.state_dict().items():  # weights and BatchNorm statistics
-        torch.testing.assert_close(graphed_model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    # weights and BatchNorm statistics; cuDNN convolutions run in TF32 by default and the captured
+    # pass may pick other algorithms than the eager one: 4 steps leave differences of ~3e-5
+    for key, value in eager_model.state_dict().items():
+        torch.testing.assert_close(graphed_model.state_dict()[key], value, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16"])
@@ -150,7 +152,7 @@ def test_graphed_extraction_gives_the_eager_features(amp):
     with torch.no_grad(), engine.runtime.autocast():
         for size in (16, 16, 5):  # capture, replay, a smaller batch padded into the graph
             want = model(images[:size], None)
-            got = engine.model(images[:size], None)
+            got = engine.model(images[:size])  # as the evaluator calls it: tensors only
             assert got.shape == want.shape
             torch.testing.assert_close(got.float(), want.float(), rtol=1e-3, atol=1e-3)
     assert engine.runtime.throughput.phases["eval_graph_capture"][0] == 1
@@ -169,12 +171,15 @@ def test_graphed_stage1_text_passes_give_the_eager_loss_and_gradients():
     prompts = [p for p in model.parameters() if p.requires_grad]
     for start in (0, 16, 32):  # capture, replay, a partial batch (same slots)
         index = torch.arange(start, min(start + 16, 40))
-        eager = stage.step_loss(model, criterion, cached, labels, index)
+        # one pass at a time, as training runs them: an autograd graph still alive during a
+        # capture (an eager loss not yet backpropagated) breaks it (its gradient accumulators
+        # live on the other stream)
         graphed = stage.step_loss(model, criterion, cached, labels, index, text_pass, slots)
+        graphed_grads = torch.autograd.grad(graphed, prompts)
+        eager = stage.step_loss(model, criterion, cached, labels, index)
+        eager_grads = torch.autograd.grad(eager, prompts)
         torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
-        for got, want in zip(
-            torch.autograd.grad(graphed, prompts), torch.autograd.grad(eager, prompts)
-        ):
+        for got, want in zip(graphed_grads, eager_grads):
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
     # one graph per modality, captured (not left eager after a failed capture), then replayed
     assert engine.runtime.throughput.phases["stage1_graph_capture"][0] == len(model.modalities)

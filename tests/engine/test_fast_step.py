@@ -29,7 +29,7 @@ def test_static_stage1_step_gives_the_per_sample_loss_and_gradients():
     cfg = load_config(os.path.join(ROOT, "configs", "csgn_synthcc.yaml"), TINY)
     model = build_model_from_config(cfg, num_classes=6, num_cameras=2)
     model.set_stage(1)
-    stage = builders.build_stages(cfg, model, builders.build_objective(cfg, model))[0]
+    stage = builders.build_stages(cfg, model, builders.build_objective(cfg, model, None))[0]
     criterion = MutualLoss(cross_modal_weight=0.0)
     g = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 3, 3, 5, 0, 1, 3, 5, 2, 2, 4, 0])
