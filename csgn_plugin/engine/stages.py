@@ -181,14 +181,15 @@ class PromptStage(Stage):
         cached: dict[str, torch.Tensor],
         labels: torch.Tensor,
         index: torch.Tensor,
-        text_pass: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+        text_pass: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
         id_slots: int = 0,
     ) -> torch.Tensor:
         """The mutual loss of the cached samples ``index`` against their identities' prompts.
 
         ``labels`` and ``index`` live on the CPU: the distinct identities of the batch (each is
-        encoded once) are found there, without a device synchronisation. ``text_pass(ids,
-        modality)`` encodes them (default: ``model.prompt_features``); ``id_slots`` > 0 pads
+        encoded once) are found there, without a device synchronisation. ``text_pass(ids)``
+        encodes them, one tensor per modality in ``model.modalities``' order (default: the eager
+        ``model.prompt_features``); ``id_slots`` > 0 pads
         them to that many with copies of the first (static shapes for a CUDA graph: no sample
         reads a copy, so the loss and the gradients are unchanged)."""
         device = cached[model.modalities[0]].device
@@ -197,8 +198,8 @@ class PromptStage(Stage):
         if id_slots:
             ids = torch.cat([ids, ids[:1].expand(id_slots - len(ids))])
         ids, inverse = ids.to(device, non_blocking=True), inverse.to(device, non_blocking=True)
-        text_pass = text_pass or model.prompt_features
-        text = {m: text_pass(ids, m).float()[inverse] for m in model.modalities}
+        features = (text_pass or _TextPasses(model))(ids)
+        text = {m: f.float()[inverse] for m, f in zip(model.modalities, features)}
         index = index.to(device, non_blocking=True)
         image = {m: cached[m][index] for m in model.modalities}
         loss, _ = criterion(image, text, target.to(device, non_blocking=True))
@@ -260,14 +261,17 @@ class PromptStage(Stage):
 
     def graphed_text_passes(
         self, runtime: Runtime, model: nn.Module
-    ) -> tuple[Callable[[torch.Tensor, str], torch.Tensor] | None, int]:
-        """With CUDA graphs (``runtime.graphs``): each modality's text pass replayed from a graph
-        over a fixed number of identity slots (``min(stage1.batch_size, ids)``), and that
-        number. Otherwise (None, 0): the eager pass over the distinct identities."""
+    ) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None, int]:
+        """With CUDA graphs (``runtime.graphs``): the text passes of all modalities replayed
+        from one graph over a fixed number of identity slots (``min(stage1.batch_size, ids)``),
+        and that number. Otherwise (None, 0): the eager passes over the distinct identities.
+        One graph, not one per modality: the second capture would run while the first pass's
+        autograd graph is alive (its loss not yet backpropagated), which breaks the capture
+        (seen on an H200: CSGN's grayscale pass then ran eagerly)."""
         if not runtime.graphs:
             return None, 0
-        passes = {m: runtime.graphed(_TextPass(model, m), "stage1") for m in model.modalities}
-        return (lambda ids, m: passes[m](ids)), min(self.options.batch_size, model.num_ids)
+        passes = runtime.graphed(_TextPasses(model), "stage1")
+        return passes, min(self.options.batch_size, model.num_ids)
 
     @torch.no_grad()
     def attach(self, context: StageContext) -> None:
@@ -289,17 +293,16 @@ class PromptStage(Stage):
         )
 
 
-class _TextPass(nn.Module):
-    """One modality's prompt features of a tensor of identities (a module, for
-    ``Runtime.graphed``: its parameters are the model's)."""
+class _TextPasses(nn.Module):
+    """Every modality's prompt features of a tensor of identities, in ``model.modalities``'
+    order (a module, for ``Runtime.graphed``: its parameters are the model's)."""
 
-    def __init__(self, model: nn.Module, modality: str) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.modality = modality
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.prompt_features(ids, self.modality)
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.prompt_features(ids, m) for m in self.model.modalities)
 
 
 def stages_for(model: nn.Module) -> tuple[str, ...]:

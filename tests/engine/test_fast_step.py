@@ -39,13 +39,13 @@ def test_static_stage1_step_gives_the_per_sample_loss_and_gradients():
 
     seen = []
 
-    def text_pass(ids, modality):
+    def text_pass(ids):
         seen.append(ids.tolist())
-        return model.prompt_features(ids, modality)
+        return tuple(model.prompt_features(ids, m) for m in model.modalities)
 
     loss = stage.step_loss(model, criterion, cached, labels, index, text_pass, id_slots=6)
     grads = torch.autograd.grad(loss, prompts)
-    assert seen == [[0, 2, 3, 5, 0, 0]] * 2  # distinct ids padded with the first, per modality
+    assert seen == [[0, 2, 3, 5, 0, 0]]  # distinct ids padded with the first, all modalities
 
     target = labels[index]  # CLIP-ReID: every sample's own prompt
     text = {m: model.prompt_features(target, m).float() for m in model.modalities}
@@ -55,6 +55,24 @@ def test_static_stage1_step_gives_the_per_sample_loss_and_gradients():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_stage1_graphs_all_modalities_text_passes_as_one_module():
+    """Both modalities in one graph: a second capture while the first pass's autograd graph is
+    alive fails on CUDA (the grayscale pass then ran eagerly on an H200)."""
+    cfg = load_config(os.path.join(ROOT, "configs", "csgn_synthcc.yaml"), TINY)
+    model = build_model_from_config(cfg, num_classes=6, num_cameras=2)
+    model.set_stage(1)
+    stage = builders.build_stages(cfg, model, builders.build_objective(cfg, model, None))[0]
+    runtime = builders.build_runtime(cfg, False)
+    runtime.graphs = True
+    text_pass, slots = stage.graphed_text_passes(runtime, model)
+    assert isinstance(text_pass, GraphedModule) and slots == 6
+    ids = torch.tensor([0, 2, 2, 5])
+    features = text_pass(ids)
+    assert len(features) == len(model.modalities) == 2
+    for modality, got in zip(model.modalities, features):
+        torch.testing.assert_close(got, model.prompt_features(ids, modality))
 
 
 def test_text_features_up_to_the_end_of_text_token_are_the_full_ones():
@@ -170,8 +188,10 @@ def test_a_failed_capture_is_reported_and_its_key_runs_eagerly():
         raise RuntimeError("operation not permitted when stream is capturing\nmore")
 
     net, errors = SmallNet(), []
+    net.register_buffer("mask", torch.zeros(3), persistent=False)  # the capture leaves it alone
     reference = SmallNet()
     reference.load_state_dict(net.state_dict())
+    mask_version = net.mask._version
     graphed = GraphedModule(
         net,
         "stage2",
@@ -184,6 +204,8 @@ def test_a_failed_capture_is_reported_and_its_key_runs_eagerly():
     assert errors == ["operation not permitted when stream is capturing\nmore"]
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(net.state_dict()[key], value)
+    # not rewritten: an autograd graph holding a view of it (the text mask) stays valid
+    assert net.mask._version == mask_version
     graphed(x)  # the same key: eager, no second attempt
     assert len(errors) == 1
 
