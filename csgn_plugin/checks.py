@@ -40,6 +40,7 @@ __all__ = [
     "OPTIMIZERS",
     "UNSUPPORTED_KEYS",
     "check_config",
+    "check_cpu_numerics",
     "check_data",
     "check_input_size",
     "describe_model_choice",
@@ -200,6 +201,13 @@ def _check_unsupported(cfg: CfgNode) -> None:
             )
 
 
+def check_cpu_numerics(cfg: CfgNode) -> None:
+    """``runtime.cpu_kernels`` and ``runtime.cpu_threads`` alone: a run fixes them before
+    anything computes, the preflight included (the kernel set is chosen once per process)."""
+    _choice("runtime.cpu_kernels", cfg.runtime.cpu_kernels, CPU_KERNELS)
+    _at_least("runtime.cpu_threads", cfg.runtime.cpu_threads, 0)
+
+
 def check_config(cfg: CfgNode, world_size: int = 1) -> None:
     """Refuse unknown names, out-of-range values and incompatible options before any work starts
     (no data is read, no model built). ``world_size``: the number of DDP processes.
@@ -239,7 +247,7 @@ def _check_names(cfg: CfgNode) -> None:
     _choice("runtime.amp", cfg.runtime.amp, ("auto", "bf16", "fp16", "off"))
     _choice("runtime.compile", cfg.runtime.compile, COMPILE_MODES)
     _choice("runtime.channels_last", cfg.runtime.channels_last, ("auto", "on", "off"))
-    _choice("runtime.cpu_kernels", cfg.runtime.cpu_kernels, CPU_KERNELS)
+    check_cpu_numerics(cfg)
     _choice("cc_data.image_policy", cfg.cc_data.image_policy, IMAGE_POLICIES)
     _at_least_each(
         cfg,
@@ -251,7 +259,6 @@ def _check_names(cfg: CfgNode) -> None:
             "data.cache_device_gb": 0,
             "data.cache_host_gb": 0,
             "runtime.dist_timeout_s": 1,
-            "runtime.cpu_threads": 0,
         },
     )
     for weights_key, arch_key, tower in (

@@ -164,13 +164,14 @@ def main(argv: Sequence[str] | None = None, test_only: bool = False) -> object:
     if test_only:
         opts += ["test.evaluate", "True"]
     cfg = load_config(args.config_file, opts)
+    checks.check_cpu_numerics(cfg)  # fixed before anything computes (the preflight does)
+    numerics = set_cpu_numerics(cfg.runtime.cpu_kernels, cfg.runtime.cpu_threads)
     facts, evaluated, replaced = None, None, []
     if cfg.test.evaluate:
         cfg, facts, replaced = _evaluation_config(cfg, opts[0::2])
         evaluated = {"checkpoint": facts.record() if facts else None, "untrained": facts is None}
     spec = facts.spec if facts is not None else None
     preflight.check_run(cfg, _world_size(), spec)
-    numerics = set_cpu_numerics(cfg.runtime.cpu_kernels, cfg.runtime.cpu_threads)
     use_gpu = checks.resolve_device(cfg)
     checks.resolve_amp(cfg, use_gpu)
     rank, world_size = _init_distributed(use_gpu, cfg.runtime.dist_timeout_s)

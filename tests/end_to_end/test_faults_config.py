@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from run_helpers import opts
 
-from csgn_plugin import checks
+from csgn_plugin import checks, launcher
 from csgn_plugin.config import ConfigError, load_config
 from csgn_plugin.launcher import main
 
@@ -155,3 +155,26 @@ def test_cal_refuses_training_data_without_clothes_ids():
     data = SimpleNamespace(num_train_clothes=0)
     with pytest.raises(ValueError, match=r"'cal_osnet_x0_25' \(CAL\) needs clothes ids"):
         checks.check_data(load_config(CAL, ["data.sources", "['market1501']"]), data)
+
+
+def test_cpu_numerics_are_fixed_before_the_preflight_computes(tmp_path, monkeypatch):
+    """The kernel set is chosen once per process, by its first computation: the run's own
+    choice (``runtime.cpu_kernels``) must come before the checks, which may compute (probing
+    SynthCLIP weights did, and the main job ran on AVX-512 kernels)."""
+    calls = []
+
+    def numerics(kernels, threads):
+        calls.append(("numerics", kernels, threads))
+        return {"kernels": "AVX2", "threads": threads, "as_asked": True}
+
+    def preflight(*args):
+        calls.append(("preflight",))
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(launcher, "set_cpu_numerics", numerics)
+    monkeypatch.setattr(launcher.preflight, "check_run", preflight)
+    with pytest.raises(ConfigError, match="stop here"):
+        main(opts(tmp_path / "data", tmp_path / "run", "osnet"))
+    assert calls == [("numerics", "avx2", 1), ("preflight",)]
+    assert_refused_early(tmp_path, ConfigError, r"runtime\.cpu_kernels must be one of",
+                         "runtime.cpu_kernels", "avx3")  # fmt: skip
