@@ -86,7 +86,9 @@ if [ "$device" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 fi
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/versions.txt"
-git rev-parse HEAD >>"$out/versions.txt" 2>/dev/null
+# a machine that receives a copy of the working tree may hold stale git metadata: pass the
+# commit in GIT_COMMIT there
+echo "commit ${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}" >>"$out/versions.txt"
 
 step bench_train 150 python projects/CSGN/benchmarks/bench_train.py --device "$device" \
   --data configs/csgn_synthcc.yaml --data-root "$data_root" --out "$out" "${bench[@]}"
