@@ -257,7 +257,7 @@ def _run(
         model = model.to(memory_format=torch.channels_last)
     optimizer = scheduler = None  # an evaluation trains nothing
     if not cfg.test.evaluate:
-        optimizer = builders.build_optimizer(cfg, model, use_gpu)
+        optimizer = builders.build_optimizer(cfg, model)
         scheduler = builders.build_scheduler(cfg, optimizer)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(

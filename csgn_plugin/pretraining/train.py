@@ -11,6 +11,14 @@
   nothing else carries state, ends bit-identical to an uninterrupted run.
 * **Scheduled by steps.** Linear warm-up over ``warmup_steps``, then a cosine to zero at
   ``steps``: on a shared CPU the throughput varies tenfold, a schedule of steps does not.
+* **Only the token rows the captions use are trained.** The text tower's token table has 49,408
+  rows (open_clip's vocabulary, which ReID prompts tokenise with); the corpus's captions use a few
+  dozen. A row that no batch looks up has no gradient, so AdamW's moments stay zero and its only
+  change is the decoupled weight decay, ``row *= 1 - lr_t * weight_decay`` each step. The steps
+  therefore train just the used rows (:class:`UsedRowsEmbedding`) and the export applies the
+  product of those factors to the other rows at once: the table AdamW would give over the whole
+  table, up to float rounding of the unused rows, for a step that no longer reads, zeroes and
+  updates 3.2M entries (a ViT step 15% faster on one thread).
 * The loss is open_clip's ``ClipLoss`` (symmetric InfoNCE over the batch) with CLIP's learned
   temperature, clamped at 100 as OpenAI did; AdamW with CLIP's betas (0.9, 0.98), no weight decay
   on gains, biases, norms and the temperature.
@@ -26,6 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
@@ -36,7 +45,7 @@ from .towers import build_training_clip, check_tower, tokenize
 
 PROGRESS = "progress.pt"
 #: bump when a change here changes the weights a given set of settings produces
-TRAINING_VERSION = 1
+TRAINING_VERSION = 2  # 2: used token rows trained, the others decayed in closed form
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,40 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def weight_decay_factor(settings: PretrainSettings) -> float:
+    """What AdamW's decoupled weight decay alone does to a weight over the whole schedule:
+    the product over the steps of ``1 - lr_t * weight_decay`` (in float64)."""
+    factors = [
+        1.0 - learning_rate(settings, step) * settings.weight_decay
+        for step in range(settings.steps)
+    ]
+    return float(np.prod(np.asarray(factors, dtype=np.float64)))
+
+
+class UsedRowsEmbedding(nn.Module):
+    """A token table of which only the ``used`` rows are parameters (``weight``, one row per
+    used token id, in id order); looks tokens up as the whole table would. Made from a whole
+    table and turned back into one by :meth:`whole_table`."""
+
+    def __init__(self, table: torch.Tensor, used: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(table[used].clone())
+        row = torch.full((table.shape[0],), -1, dtype=torch.long)
+        row[used] = torch.arange(len(used))
+        self.register_buffer("row", row)  # token id -> row of weight (-1: not trained)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.row[tokens], self.weight)
+
+    def whole_table(self, initial: torch.Tensor, decay: float) -> nn.Embedding:
+        """The whole table: the rows never trained are ``initial``'s times ``decay``, the used
+        rows are the trained ones."""
+        table = initial * decay
+        used = self.row >= 0
+        table[used] = self.weight.detach()[self.row[used]]
+        return nn.Embedding.from_pretrained(table, freeze=False)
+
+
 def _images(
     images: torch.Tensor,
     index: np.ndarray,
@@ -142,10 +185,10 @@ def _images(
     std: torch.Tensor,
 ) -> torch.Tensor:
     """The normalised float batch (B, 3, H, W) of corpus images ``index`` (uint8 (N, H, W, 3)
-    tensor ``images``), the ``flips`` rows mirrored."""
-    x = images.index_select(0, torch.from_numpy(index)).permute(0, 3, 1, 2).float()
-    flipped = torch.from_numpy(flips)
-    x[flipped] = x[flipped].flip(3)
+    tensor ``images``), the ``flips`` rows mirrored (on the bytes: a quarter of the memory)."""
+    x = images.index_select(0, torch.from_numpy(index))
+    flipped = torch.from_numpy(flips).view(-1, 1, 1, 1)
+    x = torch.where(flipped, x.flip(2), x).permute(0, 3, 1, 2).float()
     return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
@@ -227,7 +270,11 @@ def _train(
     torch.manual_seed(settings.seed)
     model = build_training_clip(settings.tower, image_size)
     model.train()
-    # fused: one kernel over all tensors; the 3.2M-entry token table makes the per-tensor loop slow
+    tokens = tokenize(corpus.captions, int(model.positional_embedding.shape[0]))
+    initial_table = model.token_embedding.weight.detach().clone()
+    used = torch.unique(tokens[torch.from_numpy(corpus.train_index)])
+    model.token_embedding = UsedRowsEmbedding(initial_table, used)
+    # fused: one kernel over all tensors rather than a loop of small ones
     optimizer = torch.optim.AdamW(
         _param_groups(model, settings.weight_decay),
         lr=settings.lr,
@@ -235,7 +282,6 @@ def _train(
         eps=1e-6,
         fused=True,
     )
-    tokens = tokenize(corpus.captions, int(model.positional_embedding.shape[0]))
     images = torch.from_numpy(corpus.images)
     criterion = ClipLoss()
     mean = torch.tensor(settings.norm_mean).view(1, 3, 1, 1)
@@ -308,6 +354,9 @@ def _train(
                 f"ETA {format_duration((settings.steps - done) / max(rate, 1e-9))}"
             )
     bar.close()
+    model.token_embedding = model.token_embedding.whole_table(
+        initial_table, weight_decay_factor(settings)
+    )
     return PretrainResult(
         model=model,
         losses=losses,

@@ -52,7 +52,7 @@ def build(data_root: str, save_dir: str, overrides: list[str]):
     torch.manual_seed(cfg.train.seed)
     datamanager = builders.build_datamanager(cfg, use_gpu=False)
     model = builders.build_model(cfg, datamanager, use_gpu=False)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     scheduler = builders.build_scheduler(cfg, optimizer)
     runtime = builders.build_runtime(cfg, use_gpu=False)
     return builders.build_engine(cfg, datamanager, model, optimizer, scheduler, runtime)

@@ -21,7 +21,7 @@ def test_every_trainable_parameter_is_in_exactly_one_group(optim):
     cfg = tiny_csgn_cfg("train.optim", optim)
     model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
     model.set_stage(2)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     grouped = [p for g in optimizer.param_groups for p in g["params"]]
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(grouped) == len({id(p) for p in grouped})  # no parameter twice
@@ -43,13 +43,13 @@ def test_torchreid_optimizer_names_keep_torchreid_meaning():
     # momentum and rmsprop.alpha
     model = torch.nn.Linear(3, 2)
     amsgrad = builders.build_optimizer(
-        load_config("", ["train.optim", "amsgrad", "adam.beta2", "0.99"]), model, use_gpu=False
+        load_config("", ["train.optim", "amsgrad", "adam.beta2", "0.99"]), model
     )
     assert type(amsgrad) is torch.optim.Adam
     assert amsgrad.defaults["amsgrad"] is True and amsgrad.defaults["betas"] == (0.9, 0.99)
-    assert builders.build_optimizer(load_config(""), model, False).defaults["amsgrad"] is False
+    assert builders.build_optimizer(load_config(""), model).defaults["amsgrad"] is False
     cfg = load_config("", ["train.optim", "rmsprop", "sgd.momentum", "0.5", "rmsprop.alpha", "0.9"])
-    rmsprop = builders.build_optimizer(cfg, model, use_gpu=False)
+    rmsprop = builders.build_optimizer(cfg, model)
     assert type(rmsprop) is torch.optim.RMSprop
     assert (rmsprop.defaults["momentum"], rmsprop.defaults["alpha"]) == (0.5, 0.9)
     with pytest.raises(ValueError, match="train.optim.*did you mean 'amsgrad'"):
@@ -62,7 +62,7 @@ def test_engine_reports_the_configured_lr_not_the_bias_lr():
     cfg = tiny_csgn_cfg()
     model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
     model.set_stage(2)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     data = SimpleNamespace(train_loader=None, test_loader={})
     runtime = builders.build_runtime(cfg, use_gpu=False)
     engine = builders.build_engine(cfg, data, model, optimizer, None, runtime)
@@ -75,7 +75,7 @@ def test_csgn_part_factors_and_bias_factor_multiply():
         "10.0", "csgn.head_lr_factor", "3.0",
     )  # fmt: skip
     model = build_model_from_config(cfg, num_classes=5, num_cameras=2)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     names = dict(model.named_parameters())
     expected = {  # name -> train.lr (0.01) x part factor x bias factor (2)
@@ -102,7 +102,7 @@ def test_torchreid_staged_lr_gives_new_layers_the_base_lr():
     from csgn_plugin.compat import torchreid_api
 
     model = torchreid_api().models.build_model("osnet_x0_25", num_classes=5, pretrained=False)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, param in model.named_parameters():
         expected = 0.1 if name.startswith("classifier.") else 0.01
@@ -111,4 +111,4 @@ def test_torchreid_staged_lr_gives_new_layers_the_base_lr():
     bad = load_config("", ["model.name", "osnet_x0_25", "train.staged_lr", "True",
                            "train.new_layers", "['clasifier']"])  # fmt: skip
     with pytest.raises(ValueError, match=r"train\.new_layers \['clasifier'\]"):
-        builders.build_optimizer(bad, model, use_gpu=False)
+        builders.build_optimizer(bad, model)

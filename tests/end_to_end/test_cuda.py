@@ -127,7 +127,7 @@ def tiny_cuda_setup(amp="off", graphs=False):
     runtime = builders.build_runtime(cfg, True)
     runtime.graphs = graphs
     stepped = runtime.graphed(model, "stage2")
-    optimizer = builders.build_optimizer(cfg, model, True)
+    optimizer = builders.build_optimizer(cfg, model)
     data = SimpleNamespace(train_loader=SimpleNamespace(batch_size=16), test_loader={})
     engine = builders.build_engine(cfg, data, stepped, optimizer, None, runtime)
     with torch.no_grad():

@@ -59,7 +59,7 @@ def _worker(rank, init_file):
     )  # fmt: skip
     torch.manual_seed(0)  # the same initial weights on both ranks
     model = builders.build_model(cfg, data, use_gpu=False)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     model = torch.nn.parallel.DistributedDataParallel(model)
     engine = builders.build_engine(cfg, data, model, optimizer, None, runtime)
     clothes = engine.objective.clothes_classifier.weight

@@ -64,7 +64,7 @@ def build(optim):
     torch.manual_seed(0)
     model = builders.build_model(cfg, data, use_gpu=False)
     runtime = builders.build_runtime(cfg, use_gpu=False)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     engine = builders.build_engine(cfg, data, model, optimizer, None, runtime)
     model.train()
     return engine

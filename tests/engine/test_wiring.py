@@ -41,7 +41,7 @@ def build(cfg, model=None):
         model = build_model_from_config(cfg, num_classes=NUM_IDS, num_cameras=2)
     data = SimpleNamespace(train_loader=SimpleNamespace(batch_size=8), test_loader={})
     runtime = builders.build_runtime(cfg, use_gpu=False)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu=False)
+    optimizer = builders.build_optimizer(cfg, model)
     engine = builders.build_engine(cfg, data, model, optimizer, None, runtime)
     if engine.stages:  # the prompt stage hands its bank over, as after stage 1
         context = StageContext(runtime, model, data, lambda: None, engine.record, 0)

@@ -138,6 +138,39 @@ def test_an_interrupted_run_resumes_to_the_identical_result(corpus, tmp_path, mo
         assert torch.equal(expected[key], got[key]), key
 
 
+class _AllRowsEmbedding(train_module.UsedRowsEmbedding):
+    """Every row a parameter: AdamW over the whole token table, as before the used-rows path."""
+
+    def __init__(self, table, used):
+        super().__init__(table, torch.arange(table.shape[0]))
+
+
+@pytest.mark.parametrize("tower", ["vit", "rn"])
+def test_training_the_used_token_rows_gives_the_whole_table_adamw_result(
+    corpus, tmp_path, monkeypatch, tower
+):
+    s = _settings(tower, steps=6)
+    quiet = {"checkpoint_every": 100, "log": lambda _: None}
+    used_rows = _state(pretrain(corpus, s, str(tmp_path / "used"), **quiet).model)
+    monkeypatch.setattr(train_module, "UsedRowsEmbedding", _AllRowsEmbedding)
+    whole = _state(pretrain(corpus, s, str(tmp_path / "whole"), **quiet).model)
+    assert used_rows.keys() == whole.keys()
+    for key in whole:
+        assert used_rows[key].shape == whole[key].shape, key
+        torch.testing.assert_close(used_rows[key], whole[key], rtol=1e-5, atol=1e-7, msg=key)
+    # the rows no caption uses only decayed: by the product of the schedule's factors
+    table = whole["token_embedding.weight"]
+    tokens = tokenize(corpus.captions, whole["positional_embedding"].shape[0])
+    unused = torch.ones(table.shape[0], dtype=torch.bool)
+    unused[torch.unique(tokens[torch.from_numpy(corpus.train_index)])] = False
+    factor = math.prod(1 - learning_rate(s, t) * s.weight_decay for t in range(s.steps))
+    torch.manual_seed(s.seed)
+    model = train_module.build_training_clip(tower, tuple(corpus.images.shape[1:3]))
+    initial = model.token_embedding.weight.detach()
+    torch.testing.assert_close(table[unused], initial[unused] * factor, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(table[~unused], initial[~unused] * factor)  # the used rows trained
+
+
 def test_progress_of_other_settings_is_refused(corpus, tmp_path):
     pretrain(corpus, _settings(steps=3), str(tmp_path), checkpoint_every=1, log=lambda _: None)
     with pytest.raises(ValueError, match="progress of other settings"):

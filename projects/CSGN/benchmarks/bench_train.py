@@ -160,7 +160,7 @@ def bench_model(name, args, dm=None, num_ids=150, num_cameras=6):
     runtime.channels_last = checks.resolve_channels_last(cfg, model, use_gpu)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = builders.build_optimizer(cfg, model, use_gpu)
+    optimizer = builders.build_optimizer(cfg, model)
     data_source = dm or SimpleNamespace(
         train_loader=SimpleNamespace(batch_size=args.batch), test_loader={}
     )
