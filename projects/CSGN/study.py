@@ -12,6 +12,8 @@ difference over the same seeds with a 95% t-interval, as ``<out>/study.{json,md,
 
     python projects/CSGN/study.py          # default + hard, 5 seeds, in parallel
     python projects/CSGN/study.py --smoke   # one tiny run per variant, random towers
+    python projects/CSGN/study.py --variants csgn --against OLD_OUT   # this code vs a study
+        # run with the same options at another commit: paired differences over the seeds
 """
 
 import argparse
@@ -239,6 +241,26 @@ def collect_runs(args, metrics_of):
     return runs
 
 
+def add_against(runs, args):
+    """Add, for each (preset, variant) here, the same runs of the study in ``args.against`` (the
+    same options at another commit) as the row ``'<variant> @<its folder name>'``, when it has
+    every seed. Returns the (preset, this, that) pairs added."""
+    label = os.path.basename(os.path.normpath(args.against))
+    added = []
+    for preset, variant in list(runs):
+        if variant not in VARIANTS:  # the chance rows
+            continue
+        paths = [
+            os.path.join(args.against, "runs", preset, variant, f"seed{seed}", "metrics.json")
+            for seed in args.seeds
+        ]
+        if all(os.path.isfile(path) for path in paths):
+            other = f"{variant} @{label}"
+            runs[(preset, other)] = [json.load(open(path)) for path in paths]
+            added.append((preset, variant, other))
+    return added
+
+
 def summarise(runs):
     """{(preset, variant): [metrics per seed]} -> {(preset, variant, protocol, metric): (m, s)}"""
     summary = {}
@@ -264,7 +286,7 @@ def paired_difference(runs, preset, a, b, protocol, metric):
     return mean, mean - half, mean + half, len(diffs)
 
 
-def write_report(out, runs, summary, args):
+def write_report(out, runs, summary, args, against=()):
     def cells(p, v, pr, m):
         mean, std = summary[(p, v, pr, m)]
         # one value (the chance row) has no spread to show
@@ -286,7 +308,7 @@ def write_report(out, runs, summary, args):
         for p in args.presets
         for q, a, b in QUESTIONS
         if (p, a) in runs and (p, b) in runs
-    ]
+    ] + [(p, "this code vs --against", a, b) for p, a, b in against]
     missing = [f"{p}/{v}" for p in args.presets for v in args.variants if (p, v) not in runs]
     if missing:
         lines += ["", "Not run with these settings (no row): " + ", ".join(missing) + "."]
@@ -365,13 +387,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="train nothing: report the (preset, variant) pairs whose runs have all finished",
     )
+    p.add_argument(
+        "--against",
+        help="another study's --out (the same options, another commit): its runs become rows "
+        "and the paired differences this - that are reported",
+    )
     args = p.parse_args(argv)
     args.command = command_line(__file__, argv)
     if args.smoke:
         args.presets, args.seeds, args.epochs, args.stage1_epochs = ["tiny"], [0], 1, 1
     os.makedirs(args.out, exist_ok=True)
     runs = run_all(args)
-    write_report(args.out, runs, summarise(runs), args)
+    against = add_against(runs, args) if args.against else []
+    write_report(args.out, runs, summarise(runs), args, against)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,32 @@ def test_paired_difference_has_a_t_interval_computed_by_hand():
     assert (low, high) == pytest.approx((35 / 3 - half, 35 / 3 + half), abs=1e-3)
 
 
+def test_against_pairs_each_seed_with_the_other_studys_run_of_that_seed(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import study
+
+    def metrics(cc_r1):
+        return {"cc": {"r1": cc_r1, "mAP": 0.0}}
+
+    other = tmp_path / "at_old"
+    for seed, cc_r1 in ((0, 0.20), (1, 0.30)):
+        run_dir = other / "runs" / "p" / "csgn" / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics(cc_r1)))
+    runs = {
+        ("p", "chance (random ranking)"): [metrics(0.0)],
+        ("p", "csgn"): [metrics(0.25), metrics(0.40)],
+    }
+    args = argparse.Namespace(against=str(other) + os.sep, seeds=[0, 1])
+    assert study.add_against(runs, args) == [("p", "csgn", "csgn @at_old")]
+    assert runs[("p", "csgn @at_old")] == [metrics(0.20), metrics(0.30)]  # seed by seed
+    mean, _, _, n = study.paired_difference(runs, "p", "csgn", "csgn @at_old", "cc", "r1")
+    assert n == 2 and mean == pytest.approx(7.5)  # (5 + 10) / 2 points
+    args.seeds = [0, 1, 2]  # a seed the other study lacks: no row, nothing paired
+    del runs[("p", "csgn @at_old")]
+    assert study.add_against(runs, args) == [] and ("p", "csgn @at_old") not in runs
+
+
 def test_chance_row_matches_the_expected_rank1_of_a_random_ranking(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
     import study
