@@ -18,7 +18,9 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import UserError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_PATH_IN_MESSAGE = re.compile(r"cannot read image '(.+?)'")
+# what __init__ writes, and where torch's DataLoader says an exception came from
+_ORIGINAL_MESSAGE = re.compile(r"cannot read image '(.+?)': (.*)")
+_WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)")
 
 
 class ImageReadError(UserError, OSError):
@@ -26,15 +28,23 @@ class ImageReadError(UserError, OSError):
 
     Also constructible from one message: a DataLoader worker re-raises an exception in the main
     process by calling its class with the formatted traceback, and that keeps this type (and the
-    file name, which the message holds) instead of degrading to a bare ``RuntimeError``.
+    file name and reason, which the message's last line holds) instead of degrading to a bare
+    ``RuntimeError``; the message is then that line again, naming the worker, without the
+    worker's traceback (a damaged file is the user's to fix, not a crash to debug).
     """
 
     def __init__(self, path: str, reason: str | None = None) -> None:
         if reason is None:
-            super().__init__(path)
-            found = _PATH_IN_MESSAGE.search(path)
-            self.path = found.group(1) if found else ""
-            self.reason = path
+            found = _ORIGINAL_MESSAGE.findall(path)
+            worker = _WORKER.search(path)
+            if not found:
+                super().__init__(path)
+                self.path, self.reason = "", path
+                return
+            path, reason = found[-1]
+            where = f" (in {worker.group(1)})" if worker else ""
+            super().__init__(f"cannot read image '{path}': {reason}{where}")
+            self.path, self.reason = path, reason
             return
         super().__init__(f"cannot read image '{path}': {reason}")
         self.path = path

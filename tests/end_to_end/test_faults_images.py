@@ -78,9 +78,16 @@ def test_the_error_keeps_its_type_and_path_across_processes():
     err = ImageReadError("/data/a.png", "file is empty (0 bytes)")
     copy = pickle.loads(pickle.dumps(err))
     assert (type(copy), copy.path, str(copy)) == (ImageReadError, "/data/a.png", str(err))
-    # a DataLoader worker re-raises with the class called on one formatted message
-    rebuilt = ImageReadError(f"Caught ImageReadError in DataLoader worker process 0.\n{err}")
-    assert rebuilt.path == "/data/a.png"
+    # a DataLoader worker re-raises with the class called on one formatted message: the
+    # original line comes back, naming the worker, without the worker's traceback
+    formatted = (
+        "Caught ImageReadError in DataLoader worker process 3.\nOriginal Traceback (most recent "
+        'call last):\n  File "worker.py", line 1, in fetch\n    data = dataset[i]\n'
+        f"csgn_plugin.data.image_io.ImageReadError: {err}\n"
+    )
+    rebuilt = ImageReadError(formatted)
+    assert (rebuilt.path, rebuilt.reason) == ("/data/a.png", "file is empty (0 bytes)")
+    assert str(rebuilt) == f"{err} (in DataLoader worker process 3)"
 
 
 # ------------------------------------------------------------------------ a damaged dataset
@@ -171,7 +178,8 @@ def test_fail_policy_names_the_file_from_a_loader_worker(damaged):
     with pytest.raises(ImageReadError) as err:
         main(damaged_opts(root, "fail", "osnet", "data.workers", "2"))
     assert err.value.path in bad["train"] and err.value.path in str(err.value)
-    assert "in DataLoader worker process" in str(err.value)  # raised there, same type here
+    # raised there, the same type here, one line naming the file and the worker
+    assert "\n" not in str(err.value) and "(in DataLoader worker process" in str(err.value)
 
 
 def test_skip_policy_trains_reports_and_leaves_bad_test_images_out(damaged, capsys):
