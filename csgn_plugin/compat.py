@@ -17,6 +17,7 @@ import importlib
 import os
 import pickle
 import warnings
+import zipfile
 from types import ModuleType
 from typing import Any
 
@@ -81,12 +82,15 @@ def allow_numpy_in_checkpoints() -> None:
         add(_numpy_safe_globals())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a checkpoint file safely, with a clear error for missing or damaged files
     (:class:`~csgn_plugin.errors.CheckpointReadError`).
 
     Plain tensors, dicts and numpy scalars load with ``weights_only=True``. Anything else (for
     example a pickled optimizer from an old torch) is refused with a message, never executed.
+    ``mmap``: map the tensors' bytes instead of reading them, for a caller that needs the
+    structure only (torch's zip format; older files are read): the structure is still read
+    and checked, and a cut file still fails, as its zip directory sits at the end.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -97,7 +101,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         )
     allow_numpy_in_checkpoints()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        mmap = mmap and zipfile.is_zipfile(path)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointReadError(
             f"checkpoint '{path}' contains objects that cannot be loaded safely "

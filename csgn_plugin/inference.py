@@ -94,7 +94,7 @@ def _sha256(path: str) -> str:
 def read_checkpoint_facts(path: str) -> CheckpointFacts:
     """The checkpoint at ``path`` read once: its spec, training config and epoch, and its hash
     (:class:`~csgn_plugin.errors.CheckpointReadError` when it cannot be read)."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, mmap=True)  # the weights are read by the model's load
     recorded = checkpoint if isinstance(checkpoint, dict) else {}
     epoch = recorded.get("epoch")
     return CheckpointFacts(

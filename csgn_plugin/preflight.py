@@ -76,8 +76,8 @@ def _check_weight_files(cfg: CfgNode) -> None:
             path = os.path.join(cfg.data.save_dir, "checkpoints", "last.pth")
             if not os.path.isfile(path):
                 continue  # 'auto' without a last checkpoint starts afresh
-        if path:
-            load_checkpoint(path)
+        if path:  # read whole once, by the run itself; here its structure only
+            load_checkpoint(path, mmap=True)
 
 
 def _check_writable(key: str, path: str) -> None:

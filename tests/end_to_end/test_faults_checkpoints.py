@@ -11,7 +11,8 @@ import torch
 from run_helpers import checkpoint, opts
 
 from csgn_plugin.builders import model_config as preset_config
-from csgn_plugin.compat import torchreid_api
+from csgn_plugin.compat import load_checkpoint, torchreid_api
+from csgn_plugin.errors import CheckpointReadError
 from csgn_plugin.fileio import atomic_save
 from csgn_plugin.launcher import main
 from csgn_plugin.modeling import CSGN
@@ -94,6 +95,21 @@ def test_truncated_and_empty_files_are_refused_naming_the_file(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(RuntimeError, match=r"empty\.pth.*0 bytes"):
         load_weights_file(tiny_csgn(), str(tmp_path / "empty.pth"), "strict")
+
+
+def test_a_structure_only_read_maps_the_same_checkpoint_and_refuses_the_same_files(tmp_path):
+    path = save_weights(tiny_csgn(), tmp_path / "whole.pth")
+    read, mapped = load_checkpoint(path), load_checkpoint(path, mmap=True)
+    assert read.keys() == mapped.keys()
+    for key in read["state_dict"]:
+        assert torch.equal(read["state_dict"][key], mapped["state_dict"][key]), key
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(open(path, "rb").read()[: os.path.getsize(path) // 2])
+    with pytest.raises(CheckpointReadError, match=r"cut\.pth.*truncated or not a torch file"):
+        load_checkpoint(cut, mmap=True)
+    legacy = tmp_path / "legacy.pth"  # torch's pre-zip format cannot be mapped: it is read
+    torch.save({"w": torch.arange(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(legacy, mmap=True)["w"], torch.arange(3))
 
 
 def test_an_old_torchreid_checkpoint_loads_its_weights_and_cannot_be_resumed(tmp_path):
