@@ -1,4 +1,5 @@
-"""The accuracy-study script runs end to end and writes its table, JSON and plot."""
+"""The accuracy-study script runs end to end and writes its table, JSON and plot; the other
+scripts of projects/CSGN (probes, weight comparison) do what they say."""
 
 import argparse
 import json
@@ -8,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 from run_helpers import ROOT
 
 from csgn_plugin.config import load_config
@@ -237,3 +239,29 @@ def test_a_killed_study_leaves_no_worker_behind(tmp_path):
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)
+
+
+def test_compare_weights_by_hand():
+    sys.path.insert(0, os.path.join(ROOT, "projects", "CSGN"))
+    import compare_weights
+
+    b = {
+        "same": torch.ones(2, 3),
+        "rows": torch.ones(4, 2),
+        "shape": torch.ones(2),
+        "gone": torch.ones(1),
+    }
+    a = {
+        "same": torch.ones(2, 3),
+        "rows": torch.ones(4, 2),
+        "shape": torch.ones(3),
+        "new": torch.ones(1),
+    }
+    a["rows"][1, 0] = 1.5  # one row differs, by half of B's value
+    assert compare_weights.compare(a, b) == [
+        "same: equal",
+        "rows: 1 of 4 rows differ, largest relative difference 5.00e-01",
+        "shape: shapes differ, (3,) vs (2,)",
+        "gone: only in B",
+        "new: only in A",
+    ]
