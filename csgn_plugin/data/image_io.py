@@ -34,21 +34,17 @@ class ImageReadError(UserError, OSError):
     """
 
     def __init__(self, path: str, reason: str | None = None) -> None:
-        if reason is None:
-            found = _ORIGINAL_MESSAGE.findall(path)
-            worker = _WORKER.search(path)
+        where = ""
+        if reason is None:  # one formatted message, as a DataLoader worker re-raises
+            message, found = path, _ORIGINAL_MESSAGE.findall(path)
             if not found:
-                super().__init__(path)
-                self.path, self.reason = "", path
+                super().__init__(message)
+                self.path, self.reason = "", message
                 return
-            path, reason = found[-1]
+            (path, reason), worker = found[-1], _WORKER.search(message)
             where = f" (in {worker.group(1)})" if worker else ""
-            super().__init__(f"cannot read image '{path}': {reason}{where}")
-            self.path, self.reason = path, reason
-            return
-        super().__init__(f"cannot read image '{path}': {reason}")
-        self.path = path
-        self.reason = reason
+        super().__init__(f"cannot read image '{path}': {reason}{where}")
+        self.path, self.reason = path, reason
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
